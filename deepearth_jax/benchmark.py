@@ -1,0 +1,46 @@
+"""`python -m deepearth_jax.benchmark data|step|convert ...`: throughput side by side with the references.
+
+Each benchmark lives in `deepearth_jax/benchmarks/<name>.py`, which provides `add_arguments(parser)` and
+`run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+BENCHMARKS = {
+    "data": "input pipeline vs a raw np.memmap gather of the same rows (samples/s, GB/s)",
+    "step": "jit train step vs PyTorch eager for the same model and optimizer (us/step, samples/s)",
+    "convert": "store conversion vs a plain pyarrow read of the same files (MB/s, peak RSS)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deepearth_jax.benchmark", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, help_text in BENCHMARKS.items():
+        module = importlib.import_module(f"deepearth_jax.benchmarks.{name}")
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from deepearth_jax.data.store import StoreError
+
+    try:
+        return int(args.handler(args) or 0)
+    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per benchmark of `python -m deepearth_jax.benchmark`."""

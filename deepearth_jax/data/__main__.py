@@ -1,0 +1,62 @@
+"""`python -m deepearth_jax.data synth|convert|verify|info|split`: build, check and split stores.
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run_cli(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "synth": ("deepearth_jax.data.cli_store", "write a synthetic dataset (HF or dashboard layout, or a store)"),
+    "convert": ("deepearth_jax.data.convert", "convert an HF or dashboard dataset into a store"),
+    "verify": ("deepearth_jax.data.cli_store", "re-read a store and check checksums, shapes and values"),
+    "info": ("deepearth_jax.data.cli_store", "print a store's counts, shapes, bytes and species"),
+    "split": ("deepearth_jax.data.split", "make a spatiotemporal train/test split (or block CV folds)"),
+}
+
+
+class CliError(Exception):
+    """Bad input on the command line: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deepearth_jax.data",
+        description="Build, check and split DeepEarth stores (memory-mapped embeddings + observation tables).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        getattr(module, f"add_{name}_arguments")(sub)
+        sub.set_defaults(handler=getattr(module, f"run_{name}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from deepearth_jax.data.store import StoreError
+
+    try:
+        return int(args.handler(args) or 0)
+    except (CliError, StoreError, ValueError, KeyError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
