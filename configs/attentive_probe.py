@@ -1,0 +1,37 @@
+"""Attentive probe: a learned query cross-attends the V-JEPA 2 vision tokens, then a linear head.
+
+The standard probe for V-JEPA features; streams full tokens (`mode=vision`).
+
+    python -m deepearth_jax.train --config configs/attentive_probe.py --workdir checkpoints/probe
+    python -m deepearth_jax.train --config configs/attentive_probe.py:tiny --workdir /tmp/w
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+    c = common.base_config()
+    c.mode = "vision"
+    c.model.name = "attentive_probe"
+    c.model.hidden = ()
+    c.model.dropout = 0.0
+    c.model.num_heads = 4
+    c.model.num_queries = 1
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    c.batch_size = 32
+    c.num_epochs = 10
+    if arg == "tiny":
+        common.tiny(c)
+        c.model.num_heads = 2
+    elif arg:
+        raise ValueError(f"configs/attentive_probe.py takes no argument or 'tiny', got {arg!r}")
+    c.lock()
+    return c

@@ -1,0 +1,43 @@
+"""Cross-modal masked autoencoder: encoders into a shared 512-d space, cross predictors.
+
+Evaluated by reconstruction losses and cross-modal retrieval (vision -> nearest species language
+vector), which
+can name species never seen in training.
+
+    python -m deepearth_jax.train --config configs/mae.py --workdir checkpoints/mae
+    python -m deepearth_jax.train --config configs/mae.py:tiny --workdir /tmp/w
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+    c = common.base_config()
+    c.mode = "multimodal"
+    c.model.name = "mae"
+    c.model.hidden = (512,)
+    c.model.dropout = 0.0
+    c.model.shared_dim = 512
+    c.model.mask_ratio = 0.5
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_steps = 100
+    c.batch_size = 32
+    c.num_epochs = 10
+    c.best_metric = "test/retrieval_top1"
+    if arg == "tiny":
+        common.tiny(c)
+        c.model.shared_dim = 32
+        c.optimizer.warmup_steps = 2
+    elif arg:
+        raise ValueError(f"configs/mae.py takes no argument or 'tiny', got {arg!r}")
+    c.lock()
+    return c

@@ -1,0 +1,35 @@
+"""Vision species classifier: mean over (T, H, W) of the V-JEPA 2 tokens -> D -> 128 -> 128 -> C.
+
+Trains from the pooled-feature cache (`mode=vision_pooled`, computed once per store); `--config.mode=vision`
+streams the full tokens instead (the same model, pooling inside the jit).
+
+    python -m deepearth_jax.train --config configs/vision.py --workdir checkpoints/vision
+    python -m deepearth_jax.train --config configs/vision.py:tiny --workdir /tmp/w    # CPU smoke run
+    python -m deepearth_jax.train --config configs/vision.py --config.store=/data/cfnp_store \
+        --config.split_file=/data/split.json --workdir checkpoints/vision
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+    c = common.base_config()
+    c.mode = "vision_pooled"
+    c.model.name = "vision_classifier"
+    c.model.hidden = (128, 128)
+    c.model.dropout = 0.3
+    c.optimizer.lr = 1e-3
+    c.batch_size = 32
+    c.num_epochs = 30
+    if arg == "tiny":
+        common.tiny(c)
+    elif arg:
+        raise ValueError(f"configs/vision.py takes no argument or 'tiny', got {arg!r}")
+    c.lock()
+    return c

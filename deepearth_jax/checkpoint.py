@@ -1,0 +1,157 @@
+"""Orbax checkpoints: model + optimizer + RNG state, the data iterator, the config and the species map.
+
+One `CheckpointManager` under `<workdir>/checkpoints` keeps the latest checkpoint and the best one by a
+configured metric, saves asynchronously (orbax writes to a temporary directory and renames it when done, so
+a run killed mid-save leaves the previous checkpoint intact), and is closed on every exit path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+log = logging.getLogger(__name__)
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_saveable(state: Any) -> Any:
+    """Typed PRNG keys are stored as their raw uint32 data."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def _abstract(state: Any) -> Any:
+    def leaf(x):
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(leaf, state)
+
+
+def _from_saveable(restored: Any, template: Any) -> Any:
+    def leaf(r, t):
+        if _is_key(t):
+            return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+        return r
+
+    return jax.tree.map(leaf, restored, template)
+
+
+class Checkpointer:
+    """Latest + best checkpoints of a training run in `directory`.
+
+    Args:
+      directory: where step directories go (created).
+      best_metric: the metric ranking checkpoints (e.g. "test/top1"); only checkpoints saved
+        with metrics take part.
+      best_mode: "max" or "min".
+      async_save: save in a background thread (the step loop goes on).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, best_metric: str, best_mode: str = "max", async_save: bool = True
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be max or min, got {best_mode!r}")
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        directory = Path(directory).absolute()
+
+        def metric_of(metrics: dict) -> float:
+            value = metrics.get(best_metric, float("nan"))
+            return float("-inf") if not np.isfinite(value) else float(value)
+
+        policy = ocm.AnyPreservationPolicy(
+            [
+                ocm.LatestN(n=1),
+                ocm.BestN(
+                    get_metric_fn=metric_of if best_mode == "max" else (lambda m: -metric_of(m)),
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        # best_fn also makes orbax persist each step's metrics, so the ranking survives a restart.
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=metric_of,
+            best_mode=best_mode,
+            keep_checkpoints_without_metrics=False,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(directory, options=options)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.manager.directory)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step whose saved metrics rank best (None when no checkpoint has metrics)."""
+        best, best_value = None, None
+        for step in self.manager.all_steps():
+            metrics = self.manager.metrics(step) or {}
+            value = metrics.get(self.best_metric)
+            if value is None or not np.isfinite(value):
+                continue
+            better = best_value is None or (
+                value > best_value if self.best_mode == "max" else value < best_value
+            )
+            if better:
+                best, best_value = step, value
+        return best
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_state: dict,
+        meta: dict,
+        metrics: dict | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Saves (asynchronously) the train state, the data iterator state and the metadata at `step`."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_to_saveable(state)),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        clean_metrics = None
+        if metrics is not None:
+            clean_metrics = {k: float(v) for k, v in metrics.items() if np.isscalar(v) or np.ndim(v) == 0}
+        return self.manager.save(step, args=args, metrics=clean_metrics, force=force)
+
+    def restore(self, step: int, state_template: Any) -> tuple[Any, dict, dict]:
+        """Restores `(state, data_state, meta)` of `step`, with the shardings of `state_template`."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state_template)),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        )
+        restored = self.manager.restore(step, args=args)
+        return _from_saveable(restored["state"], state_template), restored["data"], restored["meta"]
+
+    def restore_meta(self, step: int) -> dict:
+        """Only the metadata (config, species map, step) of `step`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
