@@ -165,13 +165,27 @@ def _npy_header_bytes(path: Path) -> int:
         return f.tell()
 
 
-def _hash_rows(array: np.ndarray, start: int, stop: int, check_finite: bool) -> tuple[str, int]:
-    """Hashes rows [start, stop) of a memmapped array; returns (sha256, number of non-finite values)."""
-    block = np.ascontiguousarray(array[start:stop])
+def _hash_bytes(path: Path, offset: int, nbytes: int, dtype: np.dtype, check_finite: bool) -> tuple[str, int]:
+    """Hashes `nbytes` of a file from `offset`; returns (sha256, number of non-finite values).
+
+    Read with plain file reads, not through a memmap: mapped pages would stay in this process's resident
+    set until the whole file is done, so hashing a 100 GB array would show as 100 GB of RSS.
+    """
+    buffer = np.empty(nbytes, np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        view = memoryview(buffer)
+        got = 0
+        while got < nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise StoreError(f"{path} is shorter than its header says")
+            got += n
     bad = 0
-    if check_finite and np.issubdtype(block.dtype, np.floating):
-        bad = int(block.size - np.count_nonzero(np.isfinite(block)))
-    return hashlib.sha256(memoryview(block).cast("B")).hexdigest(), bad
+    if check_finite and np.issubdtype(dtype, np.floating):
+        values = buffer.view(dtype)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    return hashlib.sha256(buffer).hexdigest(), bad
 
 
 def array_checksums(
@@ -196,9 +210,18 @@ def array_checksums(
     starts = list(range(0, n, per_chunk))
     digests: list[str] = [""] * len(starts)
     non_finite = 0
+    dtype = array.dtype
+    del array
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {
-            pool.submit(_hash_rows, array, s, min(n, s + per_chunk), check_finite): i
+            pool.submit(
+                _hash_bytes,
+                path,
+                header_bytes + s * row_bytes,
+                (min(n, s + per_chunk) - s) * row_bytes,
+                dtype,
+                check_finite,
+            ): i
             for i, s in enumerate(starts)
         }
         for future in concurrent.futures.as_completed(futures):
@@ -258,7 +281,7 @@ class Store:
         return self.vision is not None and self.vision.shape[0] > 0
 
     def column(self, name: str) -> np.ndarray:
-        """One observation column as numpy (cached). Nullable numeric columns come back as float64 with NaN."""
+        """One observation column as numpy (cached); nullable numbers come back as float64 with NaN."""
         if name not in self._columns:
             if name not in self.observations.column_names:
                 raise KeyError(f"store {self.path} has no observation column {name!r}")
@@ -364,7 +387,7 @@ def verify_store(path: str | os.PathLike, progress: Callable[[int], None] | None
             problems.append(f"{name} is missing")
         elif file_sha256(file_path) != expected:
             problems.append(f"{name}: checksum mismatch (the file changed after the store was written)")
-    for name, info in manifest.get("arrays", {}).items():
+    for info in manifest.get("arrays", {}).values():
         file_path = path / info["file"]
         if not file_path.is_file():
             problems.append(f"{info['file']} is missing")
@@ -412,7 +435,9 @@ def _check_references(store: Store) -> list[str]:
     n_vision = 0 if store.vision is None else store.vision.shape[0]
     bad = (vision_rows < -1) | (vision_rows >= n_vision)
     if bad.any():
-        problems.append(f"observations.parquet: {int(bad.sum())} vision_row value(s) outside [-1, {n_vision})")
+        problems.append(
+            f"observations.parquet: {int(bad.sum())} vision_row value(s) outside [-1, {n_vision})"
+        )
     used = vision_rows[vision_rows >= 0]
     if len(np.unique(used)) != len(used):
         problems.append("observations.parquet: several observations share one vision_row")
@@ -420,7 +445,9 @@ def _check_references(store: Store) -> list[str]:
     n_language = 0 if store.language is None else store.language.shape[0]
     bad = (language_rows < 0) | (language_rows >= n_language)
     if bad.any():
-        problems.append(f"observations.parquet: {int(bad.sum())} language_row value(s) outside [0, {n_language})")
+        problems.append(
+            f"observations.parquet: {int(bad.sum())} language_row value(s) outside [0, {n_language})"
+        )
     species_index = store.column("species_index")
     if ((species_index < 0) | (species_index >= store.num_species)).any():
         problems.append("observations.parquet: species_index outside the species table")
@@ -441,7 +468,10 @@ def format_bytes(n: float) -> str:
 def store_info(store: Store, top_species: int = 10) -> str:
     """A human-readable summary: counts, shapes, dtypes, bytes, and the head of the species histogram."""
     m = store.manifest
-    lines = [f"store      {store.path}", f"format     {m['format']} v{m['version']}, written {m.get('created', '?')}"]
+    lines = [
+        f"store      {store.path}",
+        f"format     {m['format']} v{m['version']}, written {m.get('created', '?')}",
+    ]
     prov = m.get("provenance", {})
     if prov:
         lines.append(f"source     {prov.get('source_layout', '?')}: {prov.get('source', '?')}")
@@ -522,7 +552,9 @@ class StoreWriter:
         if (self.path / MANIFEST_FILE).exists():
             existing = read_manifest(self.path)
             if existing.get("complete"):
-                raise StoreError(f"{self.path} already holds a complete store; choose another --out or delete it")
+                raise StoreError(
+                    f"{self.path} already holds a complete store; choose another --out or delete it"
+                )
             if not resume:
                 raise StoreError(f"{self.path} holds an incomplete store; resume it or delete it")
         elif self.path.exists() and any(self.path.iterdir()):
@@ -568,9 +600,53 @@ class StoreWriter:
         return self.manifest.setdefault("progress", {})
 
     def save_progress(self) -> None:
-        """Flushes the arrays, then records `progress` (so recorded progress never runs ahead of the data)."""
-        for array in self.arrays.values():
+        """Flushes the arrays, then records `progress` (so recorded progress never runs ahead of the data).
+
+        The arrays are then mapped afresh, so that the pages written so far leave this process's resident set
+        (a long conversion's RSS stays bounded by what it writes between two calls).
+        """
+        self._flush_and_remap()
+        write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
+
+    def _flush_and_remap(self) -> None:
+        for name in list(self.arrays):
+            array = self.arrays.pop(name)
             array.flush()
+            file_name = array.filename
+            del array
+            self.arrays[name] = np.load(file_name, mmap_mode="r+", allow_pickle=False)
+
+    def truncate_vision(self, num_rows: int) -> None:
+        """Shrinks vision.npy to its first `num_rows` rows, in place (no data moves).
+
+        For conversions that preallocate an upper bound of rows and write them in order: rows never written
+        (skipped as bad) are cut off the end. The .npy header keeps its length (padded with spaces), and
+        the planned shape in the manifest follows, so a resumed conversion reopens the shrunk file.
+        """
+        if "vision" not in self.arrays:
+            raise StoreError(f"{self.path} has no vision array to truncate")
+        array = self.arrays.pop("vision")
+        array.flush()
+        shape, dtype, file_name = (num_rows, *array.shape[1:]), array.dtype, Path(array.filename)
+        if not 0 <= num_rows <= array.shape[0]:
+            raise StoreError(f"cannot truncate vision.npy of {array.shape[0]} rows to {num_rows}")
+        del array
+        header_bytes = _npy_header_bytes(file_name)
+        with open(file_name, "rb") as f:
+            version = np.lib.format.read_magic(f)
+        prefix_bytes = 10 if version == (1, 0) else 12
+        text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        padding = header_bytes - prefix_bytes - len(text) - 1
+        if padding < 0:
+            raise StoreError(f"cannot rewrite the header of {file_name}")
+        with open(file_name, "r+b") as f:
+            f.seek(prefix_bytes)
+            f.write((text + " " * padding + "\n").encode("latin1"))
+            f.truncate(header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            f.flush()
+            os.fsync(f.fileno())
+        self.arrays["vision"] = np.load(file_name, mmap_mode="r+", allow_pickle=False)
+        self.manifest["arrays_planned"]["vision"]["shape"] = list(shape)
         write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
 
     def finalize(
