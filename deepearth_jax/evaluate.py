@@ -1,0 +1,185 @@
+"""Evaluates a trained run's best (or latest) checkpoint and writes a report beside it.
+
+    python -m deepearth_jax.evaluate --workdir DIR [--split test|train] [--checkpoint best|latest|STEP]
+
+Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species), `per_species.csv`,
+`confusion.png` (the most frequent species), and `predictions.parquet` (one row per observation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deepearth_jax import checkpoint as checkpoint_lib
+from deepearth_jax import evaluation as evaluation_lib
+from deepearth_jax import parallel, plots, steps
+from deepearth_jax.data import store as store_lib
+from deepearth_jax.train import TrainError, prepare_data
+
+log = logging.getLogger("deepearth_jax.evaluate")
+
+
+def _checkpointer_for(workdir: Path) -> tuple[checkpoint_lib.Checkpointer, dict]:
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise TrainError(f"no checkpoints in {workdir} (expected {directory}); train first")
+    probe = checkpoint_lib.Checkpointer(directory, best_metric="test/top1", async_save=False)
+    latest = probe.latest_step()
+    if latest is None:
+        probe.close()
+        raise TrainError(f"no finished checkpoint in {directory}")
+    meta = probe.restore_meta(latest)
+    probe.close()
+    config = meta["config"]
+    return (
+        checkpoint_lib.Checkpointer(
+            directory, best_metric=config["best_metric"], best_mode=config["best_mode"], async_save=False
+        ),
+        meta,
+    )
+
+
+def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "best") -> dict:
+    """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report; returns the metrics."""
+    workdir = Path(workdir)
+    checkpointer, meta = _checkpointer_for(workdir)
+    try:
+        if which == "best":
+            step = checkpointer.best_step()
+            if step is None:
+                step = checkpointer.latest_step()
+                log.info("no checkpoint with metrics: using the latest, step %d", step)
+        elif which == "latest":
+            step = checkpointer.latest_step()
+        else:
+            step = int(which)
+            if step not in checkpointer.manager.all_steps():
+                raise TrainError(f"no checkpoint at step {step}; kept: {list(checkpointer.manager.all_steps())}")
+        config = ml_collections.ConfigDict(meta["config"])
+        config.store, config.split_file = meta["store"], meta["split"]
+        mesh = parallel.make_mesh(config.mesh.data)
+        data = prepare_data(config, workdir)
+        if data.class_species.tolist() != meta["class_species"]:
+            raise TrainError("the store or split changed since training: the species map differs")
+        graphdef, state = steps.create_train_state(
+            config,
+            input_dims=data.input_dims,
+            num_classes=len(data.class_names),
+            total_steps=max(1, int(meta.get("step", 1))),
+            mesh=mesh,
+            seed=config.seed,
+        )
+        state, _, _ = checkpointer.restore(step, state)
+        state_sharding = jax.tree.map(lambda x: x.sharding, state)
+        label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
+        eval_step = steps.make_eval_step(config, graphdef, label_map, mesh=mesh, state_sharding=state_sharding)
+        evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
+        result = evaluator.run(state)
+    finally:
+        checkpointer.close()
+    out_dir = workdir / f"eval_{split}"
+    if jax.process_index() == 0:
+        out_dir.mkdir(exist_ok=True)
+        _write_report(out_dir, data, evaluator, result, step)
+        print(f"step {step}: " + json.dumps({k: round(v, 4) for k, v in result.metrics.items() if k.count("/") == 1}))
+        print(f"wrote {out_dir}")
+    return result.metrics
+
+
+def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
+    store_lib.write_json_atomic(out_dir / "metrics.json", {"step": step, **result.metrics})
+    out = result.outputs
+    if not out:
+        return
+    store = data.store
+    rows = out["row"]
+    names = np.asarray(store.species_names, dtype=object)
+    columns = {
+        "observation_id": store.observation_ids[rows].tolist(),
+        "gbif_id": store.column("gbif_id")[rows],
+        "species": names[out["species"]].tolist(),
+        "split_reason": [evaluator.reason_of_row.get(int(r), "unknown") for r in rows],
+    }
+    class_names = np.asarray(data.class_names, dtype=object)
+    if "top5" in out:
+        top5 = out["top5"]
+        columns["seen_in_training"] = out["label"] >= 0
+        columns["predicted"] = class_names[top5[:, 0]].tolist()
+        columns["top5"] = [list(class_names[t]) for t in top5]
+        columns["correct"] = top5[:, 0] == out["label"]
+    if "retrieval_top5" in out:
+        columns["retrieved_top5"] = [list(names[t]) for t in out["retrieval_top5"]]
+        columns["retrieval_correct"] = out["retrieval_top5"][:, 0] == out["species"]
+    if "loss" in out:
+        columns["loss"] = out["loss"]
+    pq.write_table(pa.table(columns), out_dir / "predictions.parquet")
+
+    # Per-species accuracy, most frequent first.
+    species = out["species"]
+    with open(out_dir / "per_species.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["species", "examples", "seen_in_training"]
+        if "top5" in out:
+            header += ["top1", "top5"]
+        if "retrieval_top5" in out:
+            header += ["retrieval_top1", "retrieval_top5"]
+        writer.writerow(header)
+        counts = np.bincount(species, minlength=store.num_species)
+        for s in np.argsort(-counts, kind="stable"):
+            if counts[s] == 0:
+                continue
+            sel = species == s
+            line = [names[s], int(counts[s]), bool(data.label_map[s] >= 0)]
+            if "top5" in out:
+                hits = out["top5"][sel] == out["label"][sel][:, None]
+                line += [round(float(hits[:, 0].mean()), 4), round(float(hits.any(axis=1).mean()), 4)]
+            if "retrieval_top5" in out:
+                hits = out["retrieval_top5"][sel] == s
+                line += [round(float(hits[:, 0].mean()), 4), round(float(hits.any(axis=1).mean()), 4)]
+            writer.writerow(line)
+
+    if "top5" in out:
+        seen = out["label"] >= 0
+        plots.plot_confusion(
+            out["label"][seen],
+            out["top5"][seen, 0],
+            data.class_names,
+            out_dir / "confusion.png",
+            title=f"confusion matrix, step {step} ({int(seen.sum())} test examples of training species)",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deepearth_jax.evaluate",
+        description="Evaluate a trained run's checkpoint: metrics, per-species CSV, confusion matrix, predictions.",
+    )
+    parser.add_argument("--workdir", required=True, type=Path, help="the run directory given to train")
+    parser.add_argument("--split", default="test", choices=("test", "train"), help="which subset (default test)")
+    parser.add_argument(
+        "--checkpoint", default="best", help="best (by the config's best_metric, default), latest, or a step number"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        evaluate_workdir(args.workdir, args.split, args.checkpoint)
+    except (TrainError, store_lib.StoreError, ValueError, KeyError, FileNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

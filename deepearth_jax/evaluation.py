@@ -1,0 +1,155 @@
+"""Evaluation over a whole subset: every example exactly once, metrics overall and per split reason.
+
+Used by the trainer at intervals and by `python -m deepearth_jax.evaluate` on a restored checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+
+from deepearth_jax import metrics as metrics_lib
+from deepearth_jax import parallel
+from deepearth_jax.data import pipeline
+
+log = logging.getLogger(__name__)
+
+
+def reason_group(reason: str) -> str:
+    """Coarse group of a split reason: temporal, spatial, fold, or the reason itself."""
+    for prefix in ("temporal", "spatial", "fold", "buffer"):
+        if reason.startswith(prefix):
+            return prefix
+    return reason
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Metrics (`{"test/top1": ...}`) and per-example outputs (host numpy, padding removed)."""
+
+    metrics: dict
+    outputs: dict  # "row" (N,) store rows + every per-example output of the eval step
+
+
+class Evaluator:
+    """Runs the jitted eval step over the test rows (or others) and reduces the outputs to metrics."""
+
+    def __init__(self, config: ml_collections.ConfigDict, data, eval_step, mesh, subset: str = "test"):
+        self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
+        self.rows = data.test_rows if subset == "test" else data.train_rows
+        reasons = data.split.reason_of_rows(data.store, self.rows) if len(self.rows) else np.zeros(0, object)
+        self.reason_of_row = dict(zip(self.rows.tolist(), reasons.tolist(), strict=True))
+
+    def run(self, state) -> EvalResult:
+        """Evaluates `state` on every example of the subset once."""
+        if len(self.rows) == 0:
+            return EvalResult({}, {})
+        keys = ("species", "mask", "row", *_mode_keys(self.config.mode))
+        host_rows: list[np.ndarray] = []
+
+        def host_batches():
+            for batch in pipeline.eval_batches(
+                self.data.store,
+                self.rows,
+                mode=self.config.mode,
+                global_batch_size=self.config.batch_size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                num_threads=self.config.data.num_threads,
+                buffer_bytes=self.config.data.buffer_mb << 20,
+            ):
+                host_rows.append(batch["row"])
+                yield {k: batch[k] for k in keys if k != "row"}
+
+        collected: list[dict] = []
+        sharding = parallel.batch_sharding(self.mesh)
+        for i, batch in enumerate(pipeline.device_prefetch(host_batches(), sharding, depth=2)):
+            outputs = to_host(self.eval_step(state, batch))
+            outputs = {k: np.asarray(v) for k, v in outputs.items()}
+            outputs["row"] = host_rows[i] if jax.process_count() == 1 else _global_rows(host_rows[i])
+            outputs["mask"] = np.asarray(to_host(batch["mask"]))
+            outputs["species"] = np.asarray(to_host(batch["species"]))
+            collected.append(outputs)
+        merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+        keep = merged.pop("mask").astype(bool)
+        merged = {k: v[keep] for k, v in merged.items()}
+        return EvalResult(self.reduce(merged), merged)
+
+    def evaluate(self, state) -> dict:
+        return self.run(state).metrics
+
+    def reduce(self, out: dict) -> dict:
+        """Per-example outputs -> `{"<subset>/<metric>": value, "<subset>/<group>/<metric>": ...}`."""
+        prefix = self.subset
+        groups = np.asarray([reason_group(self.reason_of_row.get(int(r), "unknown")) for r in out["row"]])
+        labels = out.get("label")
+        result: dict[str, float] = {}
+
+        def add(name: str, select: np.ndarray | None = None) -> None:
+            part = out if select is None else {k: v[select] for k, v in out.items()}
+            if len(part["row"]) == 0:
+                return
+            result.update({f"{name}/{k}": v for k, v in summarize(part).items()})
+
+        add(prefix)
+        for group in sorted(set(groups.tolist())):
+            add(f"{prefix}/{group}", groups == group)
+        if labels is not None:
+            unseen = labels < 0
+            result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
+            if unseen.any():
+                add(f"{prefix}/unseen_species", unseen)
+                add(f"{prefix}/seen_species", ~unseen)
+        result[f"{prefix}/count"] = float(len(out["row"]))
+        return result
+
+
+def summarize(out: dict) -> dict:
+    """Metrics of a set of per-example outputs: classification and/or retrieval, and mean losses."""
+    result = {}
+    if "top5" in out:
+        labels = out["label"]
+        result["top1"] = metrics_lib.topk_accuracy(out["top5"], labels, k=1)
+        result["top5"] = metrics_lib.topk_accuracy(out["top5"], labels, k=5)
+        result["balanced_accuracy"] = metrics_lib.balanced_accuracy(out["top5"][:, 0], labels)
+    if "retrieval_top5" in out:
+        species = out["species"]
+        result["retrieval_top1"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=1)
+        result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=5)
+    for key, value in out.items():
+        if value.ndim == 1 and value.dtype.kind == "f" and (key == "loss" or key.endswith("_loss")):
+            result[key] = float(np.mean(value))
+    return result
+
+
+# The embeddings each mode sends to the device.
+MODE_KEYS = {
+    "language": ("language",),
+    "vision": ("vision",),
+    "vision_pooled": ("vision_pooled",),
+    "multimodal": ("language", "vision"),
+}
+
+
+def _mode_keys(mode: str) -> tuple[str, ...]:
+    return MODE_KEYS[mode]
+
+
+def to_host(tree):
+    """Device arrays to numpy; in multi-process runs, gathers every process's shards."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _global_rows(local_rows: np.ndarray) -> np.ndarray:
+    """All processes' rows of one global batch, in process order (matches the global batch layout)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local_rows, tiled=True))
