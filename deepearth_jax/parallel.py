@@ -51,6 +51,11 @@ def initialize_distributed(
         return False
     if jax.distributed.is_initialized():
         return True
+    # CPU processes (tests, CPU clusters) need a cross-process collectives backend; GPUs and TPUs ignore it.
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):  # an older or newer jax without the option
+        log.debug("jax_cpu_collectives_implementation is not available")
     kwargs = {}
     if coordinator_address:
         kwargs["coordinator_address"] = coordinator_address
