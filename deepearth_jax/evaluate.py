@@ -2,14 +2,16 @@
 
     python -m deepearth_jax.evaluate --workdir DIR [--split test|train] [--checkpoint best|latest|STEP]
 
-Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species), `per_species.csv`,
-`confusion.png` (the most frequent species), and `predictions.parquet` (one row per observation).
+Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species),
+`per_species.csv`, `confusion.png` (the most frequent species), and `predictions.parquet` (one row per
+observation).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -50,8 +52,20 @@ def _checkpointer_for(workdir: Path) -> tuple[checkpoint_lib.Checkpointer, dict]
     )
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "best") -> dict:
-    """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report; returns the metrics."""
+@dataclasses.dataclass
+class RestoredRun:
+    """A trained run brought back from its workdir."""
+
+    config: ml_collections.ConfigDict
+    data: object  # train.Data
+    mesh: object
+    graphdef: object
+    state: object
+    step: int
+
+
+def restore_run(workdir: str | Path, which: str = "best") -> RestoredRun:
+    """Restores the `best` (by the run's best_metric), `latest`, or a numbered checkpoint of `workdir`."""
     workdir = Path(workdir)
     checkpointer, meta = _checkpointer_for(workdir)
     try:
@@ -65,10 +79,12 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
         else:
             step = int(which)
             if step not in checkpointer.manager.all_steps():
-                raise TrainError(f"no checkpoint at step {step}; kept: {list(checkpointer.manager.all_steps())}")
+                raise TrainError(
+                    f"no checkpoint at step {step}; kept: {list(checkpointer.manager.all_steps())}"
+                )
         config = ml_collections.ConfigDict(meta["config"])
         config.store, config.split_file = meta["store"], meta["split"]
-        mesh = parallel.make_mesh(config.mesh.data)
+        mesh = parallel.make_mesh(-1)
         data = prepare_data(config, workdir)
         if data.class_species.tolist() != meta["class_species"]:
             raise TrainError("the store or split changed since training: the species map differs")
@@ -81,18 +97,31 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
             seed=config.seed,
         )
         state, _, _ = checkpointer.restore(step, state)
-        state_sharding = jax.tree.map(lambda x: x.sharding, state)
-        label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
-        eval_step = steps.make_eval_step(config, graphdef, label_map, mesh=mesh, state_sharding=state_sharding)
-        evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
-        result = evaluator.run(state)
     finally:
         checkpointer.close()
+    return RestoredRun(config, data, mesh, graphdef, state, step)
+
+
+def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "best") -> dict:
+    """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report; returns the metrics."""
+    workdir = Path(workdir)
+    run = restore_run(workdir, which)
+    config, data, mesh, state, step = run.config, run.data, run.mesh, run.state, run.step
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
+    eval_step = steps.make_eval_step(
+        config, run.graphdef, label_map, mesh=mesh, state_sharding=state_sharding
+    )
+    evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
+    result = evaluator.run(state)
     out_dir = workdir / f"eval_{split}"
     if jax.process_index() == 0:
         out_dir.mkdir(exist_ok=True)
         _write_report(out_dir, data, evaluator, result, step)
-        print(f"step {step}: " + json.dumps({k: round(v, 4) for k, v in result.metrics.items() if k.count("/") == 1}))
+        print(
+            f"step {step}: "
+            + json.dumps({k: round(v, 4) for k, v in result.metrics.items() if k.count("/") == 1})
+        )
         print(f"wrote {out_dir}")
     return result.metrics
 
@@ -163,12 +192,17 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deepearth_jax.evaluate",
-        description="Evaluate a trained run's checkpoint: metrics, per-species CSV, confusion matrix, predictions.",
+        description="Evaluate a trained run's checkpoint: metrics, per-species CSV, confusion matrix, "
+        "predictions.",
     )
     parser.add_argument("--workdir", required=True, type=Path, help="the run directory given to train")
-    parser.add_argument("--split", default="test", choices=("test", "train"), help="which subset (default test)")
     parser.add_argument(
-        "--checkpoint", default="best", help="best (by the config's best_metric, default), latest, or a step number"
+        "--split", default="test", choices=("test", "train"), help="which subset (default test)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (by the config's best_metric, default), latest, or a step number",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
