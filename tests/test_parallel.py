@@ -1,0 +1,125 @@
+"""Data parallelism: 8 CPU devices == 1 device, and a real two-process jax.distributed run on localhost."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from deepearth_jax import parallel, steps
+from deepearth_jax.data import split as split_lib
+from deepearth_jax.data.synthetic import make_synthetic_store
+from deepearth_jax.evaluate import restore_run
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    store = make_synthetic_store(
+        root / "store", observations=500, species=8, vision_shape=(2, 2, 2, 8), language_dim=16, seed=5
+    )
+    split_lib.write_split(split_lib.make_split(store, seed=0), root / "split.json")
+    return root / "store", root / "split.json"
+
+
+def _train_args(data, workdir: Path, *extra: str) -> list[str]:
+    store, split = data
+    return [
+        sys.executable, "-m", "deepearth_jax.train", "--config", "configs/vision.py:tiny", "--workdir", str(workdir),
+        f"--config.store={store}", f"--config.split_file={split}", f"--config.num_steps={NUM_STEPS}",
+        "--config.batch_size=16", "--config.eval_every_steps=1000", "--config.model.dropout=0.0", *extra,
+    ]  # fmt: skip
+
+
+def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _params(workdir: Path) -> list[np.ndarray]:
+    run = restore_run(workdir, "latest")
+    assert run.step == NUM_STEPS
+    return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(steps.params_of(run.state))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_device_params(data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    out = _run(_train_args(data, workdir / "w"), {"JAX_NUM_CPU_DEVICES": "1"})
+    assert "devices: 1" in out.stdout
+    return _params(workdir / "w")
+
+
+def test_eight_devices_match_one_device(data, tmp_path, one_device_params):
+    out = _run(_train_args(data, tmp_path / "w8"), {"JAX_NUM_CPU_DEVICES": "8"})
+    assert "devices: 8" in out.stdout
+    for a, b in zip(one_device_params, _params(tmp_path / "w8"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_match_one_process(data, tmp_path, one_device_params):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        args = _train_args(
+            data,
+            tmp_path / "w2",
+            "--config.distributed.mode=on",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}",
+        )
+        env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+        procs.append(
+            subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "devices: 2" in outs[0][0] and "processes: 2" in outs[0][0]
+    assert "devices:" not in outs[1][0]  # only process 0 reports
+    for a, b in zip(one_device_params, _params(tmp_path / "w2"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_param_sharding_rule_splits_large_kernels_only():
+    mesh = parallel.make_mesh(-1)
+    rule = parallel.param_sharding_rule(mesh, shard_params=True, min_size=16)
+    size = mesh.shape["data"]
+    expected = jax.sharding.PartitionSpec("data", None) if size > 1 else jax.sharding.PartitionSpec()
+    assert rule((64 * size, 3)).spec == expected
+    assert rule((2, 2)).spec == jax.sharding.PartitionSpec()
+    assert (
+        parallel.param_sharding_rule(mesh, shard_params=False)((1 << 20,)).spec
+        == jax.sharding.PartitionSpec()
+    )
+
+
+def test_global_batch_must_divide_over_devices():
+    mesh = parallel.make_mesh(-1)
+    assert parallel.check_global_batch(8 * mesh.shape["data"], mesh) == 8 * mesh.shape["data"]
+    if mesh.shape["data"] > 1:
+        with pytest.raises(ValueError, match="not divisible"):
+            parallel.check_global_batch(mesh.shape["data"] + 1, mesh)
+    with pytest.raises(ValueError, match="device"):
+        parallel.make_mesh(len(jax.devices()) + 1)
