@@ -34,7 +34,8 @@ def data(tmp_path_factory):
 def _train_args(data, workdir: Path, *extra: str) -> list[str]:
     store, split = data
     return [
-        sys.executable, "-m", "deepearth_jax.train", "--config", "configs/vision.py:tiny", "--workdir", str(workdir),
+        sys.executable, "-m", "deepearth_jax.train", "--config", "configs/vision.py:tiny",
+        "--workdir", str(workdir),
         f"--config.store={store}", f"--config.split_file={split}", f"--config.num_steps={NUM_STEPS}",
         "--config.batch_size=16", "--config.eval_every_steps=1000", "--config.model.dropout=0.0", *extra,
     ]  # fmt: skip
@@ -94,7 +95,7 @@ def test_two_processes_match_one_process(data, tmp_path, one_device_params):
             )
         )
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "devices: 2" in outs[0][0] and "processes: 2" in outs[0][0]
     assert "devices:" not in outs[1][0]  # only process 0 reports
