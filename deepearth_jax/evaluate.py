@@ -27,7 +27,7 @@ from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import parallel, plots, steps
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.train import TrainError, prepare_data
+from deepearth_jax.train import TrainError, prepare_data, species_language
 
 log = logging.getLogger("deepearth_jax.evaluate")
 
@@ -143,10 +143,10 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
     class_names = np.asarray(data.class_names, dtype=object)
     if "top5" in out:
         top5 = out["top5"]
-        columns["seen_in_training"] = out["label"] >= 0
+        columns["seen_in_training"] = out["labels"] >= 0
         columns["predicted"] = class_names[top5[:, 0]].tolist()
         columns["top5"] = [list(class_names[t]) for t in top5]
-        columns["correct"] = top5[:, 0] == out["label"]
+        columns["correct"] = top5[:, 0] == out["labels"]
     if "retrieval_top5" in out:
         columns["retrieved_top5"] = [list(names[t]) for t in out["retrieval_top5"]]
         columns["retrieval_correct"] = out["retrieval_top5"][:, 0] == out["species"]
@@ -171,7 +171,7 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
             sel = species == s
             line = [names[s], int(counts[s]), bool(data.label_map[s] >= 0)]
             if "top5" in out:
-                hits = out["top5"][sel] == out["label"][sel][:, None]
+                hits = out["top5"][sel] == out["labels"][sel][:, None]
                 line += [round(float(hits[:, 0].mean()), 4), round(float(hits.any(axis=1).mean()), 4)]
             if "retrieval_top5" in out:
                 hits = out["retrieval_top5"][sel] == s
@@ -179,9 +179,9 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
             writer.writerow(line)
 
     if "top5" in out:
-        seen = out["label"] >= 0
+        seen = out["labels"] >= 0
         plots.plot_confusion(
-            out["label"][seen],
+            out["labels"][seen],
             out["top5"][seen, 0],
             data.class_names,
             out_dir / "confusion.png",

@@ -86,7 +86,7 @@ class Evaluator:
         """Per-example outputs -> `{"<subset>/<metric>": value, "<subset>/<group>/<metric>": ...}`."""
         prefix = self.subset
         groups = np.asarray([reason_group(self.reason_of_row.get(int(r), "unknown")) for r in out["row"]])
-        labels = out.get("label")
+        labels = out.get("labels")
         result: dict[str, float] = {}
 
         def add(name: str, select: np.ndarray | None = None) -> None:
@@ -112,16 +112,18 @@ def summarize(out: dict) -> dict:
     """Metrics of a set of per-example outputs: classification and/or retrieval, and mean losses."""
     result = {}
     if "top5" in out:
-        labels = out["label"]
+        labels = out["labels"]
         result["top1"] = metrics_lib.topk_accuracy(out["top5"], labels, k=1)
-        result["top5"] = metrics_lib.topk_accuracy(out["top5"], labels, k=5)
+        result["top5"] = metrics_lib.topk_accuracy(out["top5"], labels, k=min(5, out["top5"].shape[1]))
         result["balanced_accuracy"] = metrics_lib.balanced_accuracy(out["top5"][:, 0], labels)
     if "retrieval_top5" in out:
         species = out["species"]
         result["retrieval_top1"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=1)
-        result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=5)
+        k = min(5, out["retrieval_top5"].shape[1])
+        result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=k)
     for key, value in out.items():
-        if value.ndim == 1 and value.dtype.kind == "f" and (key == "loss" or key.endswith("_loss")):
+        # Per-example losses (loss, recon_vision, vision_to_language, ...) are averaged.
+        if value.ndim == 1 and value.dtype.kind == "f":
             result[key] = float(np.mean(value))
     return result
 

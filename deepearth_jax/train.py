@@ -183,6 +183,14 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     )
 
 
+def species_language(store: store_lib.Store) -> np.ndarray | None:
+    """`(num_store_species, L)` float32: row s is the language vector of store species s (for retrieval)."""
+    if store.language is None:
+        return None
+    rows = store.species.column("language_row").to_numpy()
+    return np.asarray(store.language[rows], np.float32)
+
+
 def device_keys(mode: str) -> tuple[str, ...]:
     """The batch entries that go to the device (the rest stay on the host)."""
     return ("species", "mask", *evaluation_lib.MODE_KEYS[mode])
@@ -343,7 +351,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
         for k in sorted({1, config.steps_per_call})
     }
-    eval_step = steps.make_eval_step(config, graphdef, label_map, mesh=mesh, state_sharding=state_sharding)
+    eval_step = steps.make_eval_step(
+        config,
+        graphdef,
+        label_map,
+        mesh=mesh,
+        state_sharding=state_sharding,
+        retrieval_language=species_language(data.store),
+    )
     evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh)
 
     # Restore: rerunning the same command with the same workdir resumes.
@@ -374,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             print(f"resuming from step {step} in {workdir}", flush=True)
 
     writer = _Writers(workdir, is_main, truncate_after=step)
-    metrics = steps.init_metrics()
+    metrics = steps.init_metrics(config, mesh)
     last_log_time, last_log_step = time.time(), step
     last_saved = latest
     bar = _progress_bar(is_main, total_steps, step)
@@ -398,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     final_step = step >= total_steps
                     if crossed(config.log_every_steps) or at_epoch_end or final_step:
                         train = steps.summarize_metrics(jax.device_get(metrics))
-                        metrics = steps.init_metrics()
+                        metrics = steps.init_metrics(config, mesh)
                         if not all(math.isfinite(v) for v in train.values()):
                             raise TrainError(
                                 f"non-finite training metrics at step {step} ({train}); "
