@@ -110,7 +110,12 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
     eval_step = steps.make_eval_step(
-        config, run.graphdef, label_map, mesh=mesh, state_sharding=state_sharding
+        config,
+        run.graphdef,
+        label_map,
+        mesh=mesh,
+        state_sharding=state_sharding,
+        retrieval_language=species_language(data.store),
     )
     evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
     result = evaluator.run(state)
