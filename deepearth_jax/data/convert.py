@@ -472,13 +472,15 @@ class _Meter:
 def _to_store_dtype(values: np.ndarray, dtype: str) -> tuple[np.ndarray | None, str | None, str]:
     """Casts one flat vision row to the store dtype; returns (row, None, "") or (None, bad kind, reason)."""
     if dtype == "float16":
-        row = values if values.dtype == np.float16 else values.astype(np.float16)
+        with np.errstate(over="ignore", invalid="ignore"):
+            row = values if values.dtype == np.float16 else values.astype(np.float16)
         # Inf/NaN in float16 are exactly the values with all exponent bits set: an integer test, cheaper
         # than np.isfinite on float16.
         if not ((row.view(np.uint16) & _FLOAT16_EXPONENT) == _FLOAT16_EXPONENT).any():
             return row, None, ""
     else:
-        row = values.astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            row = values.astype(np.float32, copy=False)
         if np.isfinite(row).all():
             return row, None, ""
     source_bad = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -655,7 +657,8 @@ def _dashboard_plan(source: Path, obs: _Observations, vision_shape: tuple[int, .
             without_observation += 1
         elif offset is None or offset < 0 or offset % row_bytes or offset + row_bytes > size:
             reason = (
-                f"file_offset {offset} is not the start of a row of {mmap_path.name} ({row_bytes}-byte rows)"
+                f"file_offset {offset} is not the start of a row of {mmap_path.name} ({row_bytes}-byte rows: "
+                "wrong --vision-shape?)"
             )
             bad.append(_bad(int(gbif_id), "missing_embedding", reason, "vision"))
         else:
