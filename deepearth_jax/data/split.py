@@ -19,13 +19,14 @@ minimum distance between centres (spread) wins; if no random draw places every r
 (which packs best) is tried. If that fails too, make_split raises a ValueError naming the constraints: a
 constraint is never relaxed silently.
 
-Block cross-validation (`folds` > 0): the pool is cut into square blocks of `block_km` (a lat/lon grid from the
-pool's south-west corner: `block_km / 111` degrees of latitude by `block_km / (111 cos(lat_ref))` degrees of
-longitude, lat_ref the middle of the pool's latitudes), and blocks go whole to K folds, balanced by observation
-count: a greedy pass over the blocks in seeded random order puts each block in the smallest fold, then moves
-and swaps between the largest and smallest folds shrink the spread. Guarantee (tested): the largest fold minus
-the smallest is at most the largest block's count. For fold k: test = fold k; train = the other folds minus
-those within `buffer_km` of a fold-k block (excluded). The holdout split is still written alongside.
+Block cross-validation (`folds` > 0): the pool is cut into square blocks of `block_km` (a lat/lon grid from
+the pool's south-west corner: `block_km / 111` degrees of latitude by `block_km / (111 cos(lat_ref))` degrees
+of longitude, lat_ref the middle of the pool's latitudes), and blocks go whole to K folds, balanced by
+observation count: a greedy pass over the blocks in seeded random order puts each block in the smallest
+fold, then moves and swaps between the largest and smallest folds shrink the spread. Guarantee (tested): the
+largest fold minus the smallest is at most the largest block's count. For fold k: test = fold k; train = the
+other folds minus those within `buffer_km` of a fold-k block (excluded). The holdout split is still written
+alongside (the same `buffer_km` applies around its regions).
 
 The file is a superset of the original schema: every original key with its meaning, plus `format`, buffers,
 folds and diagnostics. `load_split` reads ours and the original's `central_florida_split.json` as they are.
@@ -127,7 +128,8 @@ class Split:
             missing = [ids[i] for i in np.flatnonzero(rows < 0)]
             raise ValueError(
                 f"split file {self.path or '(in memory)'} names {len(missing)} observation id(s) that store "
-                f"{store.path} lacks: {_describe_ids(missing)}; pass allow_missing (--allow-missing) to drop them"
+                f"{store.path} lacks: {_describe_ids(missing)}; "
+                "pass allow_missing (--allow-missing) to drop them"
             )
         return rows
 
@@ -157,8 +159,8 @@ class Split:
     def rows(self, store, subset: str, fold: int | None = None, allow_missing: bool = False) -> np.ndarray:
         """Store observation-table rows of `subset`, `(N,)` int64 sorted.
 
-        Without `fold`: the holdout split. With `fold=k` (block CV): test = fold k, excluded = the other folds'
-        observations within the buffer of fold k's blocks, train = the rest. Ids the store lacks raise
+        Without `fold`: the holdout split. With `fold=k` (block CV): test = fold k, excluded = the other
+        folds' observations within the buffer of fold k's blocks, train = the rest. Ids the store lacks raise
         ValueError (count and examples) unless `allow_missing`, which drops them.
         """
         store_rows = self._store_rows(store, allow_missing)
@@ -193,7 +195,7 @@ class Split:
 
 
 def parse_split(raw: dict, path: str | Path | None = None) -> Split:
-    """Builds a Split from parsed JSON (our schema or the original's); ValueError (one line) when malformed."""
+    """Builds a Split from parsed JSON (ours or the original's); ValueError (one line) when malformed."""
     where = str(path) if path is not None else "(in memory)"
     if not isinstance(raw, dict):
         raise ValueError(f"{where} is not a split file: the top level is not a JSON object")
@@ -316,8 +318,8 @@ def _pool(store, all_observations: bool) -> _Pool:
         rows = np.flatnonzero(store.column("vision_row") >= 0).astype(np.int64)
         if len(rows) == 0:
             raise ValueError(
-                f"store {store.path} has no observation with a vision embedding; pass --all-observations to split "
-                "every observation"
+                f"store {store.path} has no observation with a vision embedding; "
+                "pass --all-observations to split every observation"
             )
     if len(rows) == 0:
         raise ValueError(f"store {store.path} has no observations")
@@ -397,7 +399,7 @@ def _min_pairwise_km(lat: np.ndarray, lon: np.ndarray) -> float:
 
 
 def _draw(cand_lat, cand_lon, order, num_regions, min_distance_km) -> list[int]:
-    """Keeps candidates in `order` that are >= min_distance_km from those kept; indices into the candidates."""
+    """Keeps candidates in `order` >= min_distance_km from those kept; returns indices into candidates."""
     blocked = np.zeros(len(cand_lat), bool)
     kept: list[int] = []
     position = 0
@@ -652,8 +654,8 @@ def make_folds(
     else:
         if len(keys) < num_folds:
             raise ValueError(
-                f"only {len(keys)} block(s) of {block_km:g} km hold observations: cannot make {num_folds} folds; "
-                "use a smaller --block-km or fewer --folds"
+                f"only {len(keys)} block(s) of {block_km:g} km hold observations: "
+                f"cannot make {num_folds} folds; use a smaller --block-km or fewer --folds"
             )
         block_fold = balance_blocks(counts, num_folds, seed)
     fold = block_fold[inverse]
@@ -782,7 +784,8 @@ def _statistics(
         at = pool.year == y
         per_year[str(int(y))] = {s: int((at & (split == s)).sum()) for s in SUBSETS}
     stats["per_year"] = per_year
-    stats["per_reason"] = {str(r): int(c) for r, c in zip(*np.unique(reason.astype(str), return_counts=True))}
+    names, counts = np.unique(reason.astype(str), return_counts=True)
+    stats["per_reason"] = {str(r): int(c) for r, c in zip(names, counts, strict=True)}
     return stats
 
 
@@ -855,9 +858,10 @@ def make_split(
 
     Args:
       test_years: years whose observations are temporal test (may be empty).
-      num_regions, region_km, min_distance_km: the spatial test regions (count, box side km, centre spacing km).
-      buffer_km: training observations within this distance of a region box (or, with folds, of fold k's blocks
-        for fold k) are excluded.
+      num_regions, region_km, min_distance_km: the spatial test regions (count, box side km, centre
+        spacing km).
+      buffer_km: training observations within this distance of a region box (or, with folds, of fold k's
+        blocks for fold k) are excluded.
       all_observations: the pool is every observation, not only those with a vision embedding.
       seed: chooses region centres and breaks ties in fold balancing.
       folds, block_km: block cross-validation with `folds` folds of `block_km` square blocks (0: none).
@@ -886,16 +890,16 @@ def make_split(
     years = _parse_test_years(test_years)
     if num_regions < 0 or region_km <= 0 or min_distance_km < 0 or buffer_km < 0:
         raise ValueError(
-            f"need --regions >= 0, --region-km > 0, --min-distance-km >= 0, --buffer-km >= 0; got {num_regions}, "
-            f"{region_km}, {min_distance_km}, {buffer_km}"
+            "need --regions >= 0, --region-km > 0, --min-distance-km >= 0, --buffer-km >= 0; "
+            f"got {num_regions}, {region_km}, {min_distance_km}, {buffer_km}"
         )
     pool = _pool(store, all_observations)
     present = set(np.unique(pool.year).tolist())
     absent = [y for y in years if y not in present]
     if absent:
         raise ValueError(
-            f"test year(s) {', '.join(map(str, absent))} have no observations in the pool of {len(pool.rows)} "
-            f"(years present: {int(pool.year.min())}..{int(pool.year.max())})"
+            f"test year(s) {', '.join(map(str, absent))} have no observations in the pool of "
+            f"{len(pool.rows)} (years present: {int(pool.year.min())}..{int(pool.year.max())})"
         )
     if other is None:
         regions, selection = choose_regions(
@@ -959,7 +963,7 @@ def make_split(
                 "buffer_km": float(buffer_km),
                 "seed": int(seed),
                 "candidate_pool": "all" if all_observations else "vision",
-                "box_rule": "half-side size_km/2 at 111 km/deg latitude and 111*cos(center_lat) km/deg longitude",
+                "box_rule": "half-side size_km/2 at 111 km/deg of latitude, 111*cos(center_lat) of longitude",
                 "assignment_order": "temporal first, then each region in order overrides; buffers last",
                 "selection": selection,
             },
@@ -999,22 +1003,23 @@ def make_split(
 
 
 def _compare_with(other: Split, pool: _Pool, reason: np.ndarray, fold, allow_missing: bool) -> dict:
-    """Checks that ids shared with `other` got the same reason (and fold); records what differs in membership."""
+    """Checks that ids shared with `other` got the same reason (and fold); records membership changes."""
     index = {oid: i for i, oid in enumerate(pool.ids.tolist())}
     theirs = other.ids
     missing = [oid for oid in theirs if oid not in index]
     if missing and not allow_missing:
         raise ValueError(
-            f"split file {other.path or '(in memory)'} names {len(missing)} observation id(s) that this store's "
-            f"candidate pool lacks: {_describe_ids(missing)}; pass --allow-missing to drop them"
+            f"split file {other.path or '(in memory)'} names {len(missing)} observation id(s) that this "
+            f"store's candidate pool lacks: {_describe_ids(missing)}; pass --allow-missing to drop them"
         )
     shared = [oid for oid in theirs if oid in index]
     different = [oid for oid in shared if other.reasons[oid] != reason[index[oid]]]
     if different:
         shown = ", ".join(f"{o}: {other.reasons[o]} -> {reason[index[o]]}" for o in different[:3])
         raise ValueError(
-            f"re-applying {other.path or 'the split file'} gives {len(different)} of {len(shared)} shared ids "
-            f"another reason ({shown}); this store's coordinates or years differ from the ones it was made from"
+            f"re-applying {other.path or 'the split file'} gives {len(different)} of {len(shared)} shared "
+            f"ids another reason ({shown}); this store's coordinates or years differ from the ones it was "
+            "made from"
         )
     if fold is not None and other.folds is not None:
         moved = [oid for oid in shared if other.folds[oid] != fold[index[oid]]]
@@ -1071,7 +1076,8 @@ def summary(payload: dict) -> str:
         for k, f in cv["per_fold"].items():
             d = f["nearest_train_distance_km"]
             lines.append(
-                f"  fold {k}: test {f['test_count']}, train {f['train_count']}, excluded {f['excluded_count']}, "
+                f"  fold {k}: test {f['test_count']}, train {f['train_count']}, "
+                f"excluded {f['excluded_count']}, "
                 f"nearest-train median {d['median_km'] or 0:.2f} km, p5 {d['p5_km'] or 0:.2f} km"
             )
     return "\n".join(lines)
@@ -1131,8 +1137,8 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         "--buffer-km",
         type=float,
         default=None,
-        help="exclude training observations within this distance of a test region (or of fold k's blocks, for "
-        "fold k) (default 0)",
+        help="exclude training observations within this distance of a test region (or of fold k's blocks, "
+        "for fold k) (default 0)",
     )
     p.add_argument(
         "--all-observations",

@@ -31,7 +31,9 @@ def _columns(payload: dict) -> dict[str, np.ndarray]:
     cols = {
         "lat": np.fromiter((e["latitude"] for e in entries), np.float64, len(entries)),
         "lon": np.fromiter((e["longitude"] for e in entries), np.float64, len(entries)),
-        "year": np.fromiter((e["year"] if e["year"] is not None else -1 for e in entries), np.int64, len(entries)),
+        "year": np.fromiter(
+            (e["year"] if e["year"] is not None else -1 for e in entries), np.int64, len(entries)
+        ),
         "split": np.asarray([e["split"] for e in entries], dtype=object),
         "reason": np.asarray([e["split_reason"] for e in entries], dtype=object),
     }
@@ -72,7 +74,13 @@ def _scale_bar(ax, lat: np.ndarray, lon: np.ndarray) -> None:
     )
     ax.plot([x0, x0 + bar_deg], [y0, y0], color="black", lw=3, solid_capstyle="butt", zorder=6)
     for x in (x0, x0 + bar_deg):
-        ax.plot([x, x], [y0 - 0.006 * (north - south), y0 + 0.006 * (north - south)], color="black", lw=1.5, zorder=6)
+        ax.plot(
+            [x, x],
+            [y0 - 0.006 * (north - south), y0 + 0.006 * (north - south)],
+            color="black",
+            lw=1.5,
+            zorder=6,
+        )
     ax.text(
         x0 + bar_deg / 2,
         y0 + 0.015 * (north - south),
@@ -115,7 +123,9 @@ def _draw_regions(ax, payload: dict, cols: dict, faint: bool) -> None:
         width, height = b["east"] - b["west"], b["north"] - b["south"]
         if not faint:
             ax.add_patch(
-                Rectangle((b["west"], b["south"]), width, height, facecolor=REGION_COLOR, alpha=0.15, zorder=1)
+                Rectangle(
+                    (b["west"], b["south"]), width, height, facecolor=REGION_COLOR, alpha=0.15, zorder=1
+                )
             )
         ax.add_patch(
             Rectangle(
@@ -133,7 +143,9 @@ def _draw_regions(ax, payload: dict, cols: dict, faint: bool) -> None:
             xs, ys = _buffer_ring(b, buffer_km)
             ax.plot(xs, ys, color=REGION_COLOR, lw=1.2, ls="--", zorder=5)
         count = int((cols["reason"] == f"spatial_test_region_{region['region_id']}").sum())
-        top = b["north"] + (geo.degrees_for_km(buffer_km, b["north"])[0] if buffer_km > 0 and not faint else 0)
+        top = b["north"] + (
+            geo.degrees_for_km(buffer_km, b["north"])[0] if buffer_km > 0 and not faint else 0
+        )
         ax.text(
             0.5 * (b["west"] + b["east"]),
             top + 0.008 * lat_span,
@@ -185,7 +197,9 @@ def _map_axes(ax, payload: dict, cols: dict) -> None:
 
 def _year_histogram(ax, years: np.ndarray, groups: list[tuple[str, np.ndarray, str]]) -> None:
     valid = years >= 0
-    all_years = np.arange(years[valid].min(), years[valid].max() + 1) if valid.any() else np.zeros(0, np.int64)
+    all_years = (
+        np.arange(years[valid].min(), years[valid].max() + 1) if valid.any() else np.zeros(0, np.int64)
+    )
     bottom = np.zeros(len(all_years))
     for label, mask, color in groups:
         counts = np.array([int(((years == y) & mask).sum()) for y in all_years])
@@ -358,7 +372,9 @@ def _folds(fig, gs, payload: dict, cols: dict) -> None:
 
     handles, _ = ax.get_legend_handles_labels()
     handles.append(
-        Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="#555555", label=f"block {cv['block_km']:g} km: fold")
+        Rectangle(
+            (0, 0), 1, 1, facecolor="none", edgecolor="#555555", label=f"block {cv['block_km']:g} km: fold"
+        )
     )
     if payload["test_spatial_regions"]:
         handles.append(Line2D([], [], color="black", lw=1.0, ls="--", label="holdout test regions (Rk)"))
@@ -383,7 +399,9 @@ def _folds(fig, gs, payload: dict, cols: dict) -> None:
     bars = fig.add_subplot(gs[1, 1])
     per_fold = payload.get("split_statistics", {}).get("block_cv", {}).get("per_fold", {})
     x = np.arange(k_folds)
-    test = np.array([per_fold.get(str(k), {}).get("test_count", int((fold == k).sum())) for k in range(k_folds)])
+    test = np.array(
+        [per_fold.get(str(k), {}).get("test_count", int((fold == k).sum())) for k in range(k_folds)]
+    )
     train = np.array([per_fold.get(str(k), {}).get("train_count", 0) for k in range(k_folds)])
     excl = np.array([per_fold.get(str(k), {}).get("excluded_count", 0) for k in range(k_folds)])
     bars.bar(x, train, color=TRAIN_COLOR, label="train")
@@ -399,7 +417,7 @@ def _folds(fig, gs, payload: dict, cols: dict) -> None:
 
 
 def plot_split(payload: dict, path: str | Path, title: str | None = None) -> Path:
-    """Draws the split map of a split payload (or a loaded Split's `raw`) to a PNG at `path`; returns the path.
+    """Draws the split map of a payload (or a loaded Split) to a PNG at `path`; returns the path.
 
     With block-CV folds in the payload the map shows the folds; otherwise the holdout split.
     """
@@ -427,8 +445,9 @@ def plot_split(payload: dict, path: str | Path, title: str | None = None) -> Pat
         cv = payload["split_strategy"]["block_cv"]
         sizes = np.bincount(cols["fold"], minlength=int(cv["num_folds"]))
         title = (
-            f"{name}: spatial block cross-validation — {len(cols['lat'])} observations, {cv['num_folds']} folds "
-            f"of {len(cv['blocks'])} blocks of {cv['block_km']:g} km, fold sizes {sizes.min()}..{sizes.max()}, "
+            f"{name}: spatial block cross-validation — {len(cols['lat'])} observations, "
+            f"{cv['num_folds']} folds of {len(cv['blocks'])} blocks of {cv['block_km']:g} km, "
+            f"fold sizes {sizes.min()}..{sizes.max()}, "
             f"buffer {cv['buffer_km']:g} km"
         )
     elif title is None:
