@@ -1,0 +1,165 @@
+"""The pooled-feature cache: the mean of every vision embedding over `(T, H, W)`, computed once per store.
+
+The mean-pool vision classifier only ever sees `mean(vision[i], axis=(T, H, W))`, `(D,)`: 1408 numbers out
+of 6.5 million. One streaming pass computes them for every vision row with a jitted JAX mean (on the
+accelerator when there is one) and stores `features/vision_mean.npy`, `(N_vision, D)` float32, so training
+reads 5.6 KB per example instead of 13 MB.
+
+Provenance lives in the store manifest under `features.vision_mean`: the vision array's checksums it was
+derived from, the file's own SHA-256, the reduction, when and by which version. The cache is reused while
+both checksums still match and rebuilt otherwise (stale or damaged); the file is replaced atomically and
+recorded in the manifest afterwards, so an interrupted build is never mistaken for a fresh one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deepearth_jax import __version__
+from deepearth_jax.data import store as store_lib
+
+log = logging.getLogger(__name__)
+
+VISION_MEAN = "vision_mean"
+VISION_MEAN_FILE = f"{store_lib.FEATURES_DIR}/{VISION_MEAN}.npy"
+REDUCTION = "float32 mean over (T, H, W) of each vision embedding"
+# Rows per streamed chunk: about this many bytes of vision at a time.
+_CHUNK_BYTES = 64 << 20
+
+
+def _vision_checksums(store: store_lib.Store) -> dict:
+    try:
+        return store.manifest["arrays"]["vision"]["checksums"]
+    except KeyError:
+        raise ValueError(f"store {store.path} has no vision checksums in its manifest") from None
+
+
+def _fresh_cache(store: store_lib.Store) -> np.ndarray | None:
+    """The cached `(N_vision, D)` memmap when it is recorded, derived from the current vision and intact."""
+    entry = store.manifest.get("features", {}).get(VISION_MEAN)
+    if not entry:
+        return None
+    path = store.path / entry.get("file", VISION_MEAN_FILE)
+    expected = (store.vision.shape[0], store.vision.shape[-1])
+    if entry.get("derived_from", {}).get("vision") != _vision_checksums(store):
+        log.info("pooled vision cache %s is stale (vision changed): rebuilding", path)
+        return None
+    if not path.is_file() or store_lib.file_sha256(path) != entry.get("sha256"):
+        log.info("pooled vision cache %s is missing or damaged: rebuilding", path)
+        return None
+    cached = np.load(path, mmap_mode="r", allow_pickle=False)
+    if cached.shape != expected or cached.dtype != np.float32:
+        log.info("pooled vision cache %s has shape %s %s: rebuilding", path, cached.shape, cached.dtype)
+        return None
+    return cached
+
+
+@functools.cache
+def _mean_fn():
+    import jax
+    import jax.numpy as jnp
+
+    # float32 accumulation: float16 sums of 4608 values would lose the low bits.
+    return jax.jit(lambda x: jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, x.ndim - 1))))
+
+
+def compute_pooled(vision: np.ndarray, out: np.ndarray, batch_rows: int, progress: bool = False) -> None:
+    """Writes `mean(vision[i], axis=(T, H, W))` as float32 into `out[i]` for every row, in one pass.
+
+    Chunks of `batch_rows` rows are read on a background thread (the memmap copy releases the GIL) while
+    the previous chunk is reduced by a jitted JAX mean; every chunk has the same shape, so it compiles once.
+    """
+    n = vision.shape[0]
+    if n == 0:
+        return
+    batch_rows = max(1, min(int(batch_rows), n))
+    mean = _mean_fn()
+    # Zeroed, so the unused tail of a short last chunk is finite (it is reduced and dropped).
+    buffers = [np.zeros((batch_rows, *vision.shape[1:]), vision.dtype) for _ in range(2)]
+
+    def read(start: int, buffer: np.ndarray) -> int:
+        stop = min(n, start + batch_rows)
+        np.copyto(buffer[: stop - start], vision[start:stop])
+        return stop - start
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="pooling vision", unit="row", dynamic_ncols=True)
+    starts = list(range(0, n, batch_rows))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pool-read") as pool:
+        pending = pool.submit(read, starts[0], buffers[0])
+        for i, start in enumerate(starts):
+            count = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(read, starts[i + 1], buffers[(i + 1) % 2])
+            out[start : start + count] = np.asarray(mean(buffers[i % 2]))[:count]
+            if bar is not None:
+                bar.update(count)
+    if bar is not None:
+        bar.close()
+
+
+def pooled_vision(
+    store: store_lib.Store, *, batch_rows: int | None = None, progress: bool = False
+) -> np.ndarray:
+    """The `(N_vision, D)` float32 mean over `(T, H, W)` of every vision row, from the cache or built now.
+
+    Reuses `<store>/features/vision_mean.npy` when the manifest says it derives from the current vision
+    array and its checksum holds; otherwise computes it in one streaming pass (`batch_rows` rows at a time,
+    default about 64 MB) and records it. Returns a read-only memmap (an in-memory array when the store
+    directory is not writable, with a warning). Raises ValueError for a store without vision.
+    """
+    if not store.has_vision:
+        raise ValueError(f"store {store.path} has no vision embeddings to pool")
+    cached = _fresh_cache(store)
+    if cached is not None:
+        return cached
+    vision = store.vision
+    row_bytes = int(np.prod(vision.shape[1:])) * vision.itemsize
+    rows = batch_rows if batch_rows is not None else max(1, _CHUNK_BYTES // row_bytes)
+    shape = (vision.shape[0], vision.shape[-1])
+    features_dir = store.path / store_lib.FEATURES_DIR
+    try:
+        features_dir.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{VISION_MEAN}.", suffix=".npy", dir=features_dir)
+        os.close(fd)
+    except OSError as e:
+        log.warning("cannot write the pooled vision cache in %s (%s): pooling in memory", features_dir, e)
+        result = np.empty(shape, np.float32)
+        compute_pooled(vision, result, rows, progress)
+        return result
+    final = store.path / VISION_MEAN_FILE
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        compute_pooled(vision, out, rows, progress)
+        out.flush()
+        del out
+        digest = store_lib.file_sha256(Path(tmp))
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    entry = {
+        "file": VISION_MEAN_FILE,
+        "shape": list(shape),
+        "dtype": "float32",
+        "sha256": digest,
+        "reduction": REDUCTION,
+        "derived_from": {"vision": _vision_checksums(store)},
+        "created": store_lib._utc_now(),
+        "writer": f"deepearth_jax {__version__}",
+    }
+    store.manifest = store_lib.update_manifest(
+        store.path, lambda m: m.setdefault("features", {}).__setitem__(VISION_MEAN, entry)
+    )
+    log.info("pooled vision cache written: %s %s float32", final, shape)
+    return np.load(final, mmap_mode="r", allow_pickle=False)

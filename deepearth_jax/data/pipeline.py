@@ -1,0 +1,552 @@
+"""The input pipeline: Grain index pipeline -> one gather per batch from the memmaps -> sharded device arrays.
+
+Training (`train_batches`): a Grain `MapDataset` of the positions `0..n-1` into `rows`, globally shuffled per
+epoch from a seed (Grain folds the epoch into the seed, so every epoch has its own order and the same seed
+repeats it), cut to a whole number of global batches, sharded per JAX process *after* the shuffle
+(`[process_index::process_count]`), batched into arrays of positions, repeated forever, and mapped to one
+batch read each. Global batch `j` of an epoch is the shuffled positions `[j * G, (j + 1) * G)` whatever the
+process count; process `p` reads its `G / P` of them.
+
+Reading (`BatchReader`): one gather per key per batch with `np.take(..., out=buffer)` into recycled
+preallocated buffers (fresh 200 MB allocations would cost a page fault per 4 KB, a third of the copy time);
+rows are read in ascending store order for locality and the batch *keeps* that order (every key follows
+it, and `row` says which observation each example is), so no second copy un-permutes them. Indices are
+bounds-checked once per batch; there is no per-example Python. The copies release the GIL, so Grain's
+threads overlap them; the number of batches prefetched is derived from `buffer_bytes`, never Grain's
+default of 500 elements (13 GB of vision at batch 1).
+
+Batch keys (process-local, `B = global_batch_size // process_count`):
+    species        (B,) int32            store species_index
+    location       (B, 3) float32        latitude, longitude (degrees), elevation (metres; NaN when unknown,
+                                         which is every row of the DeepEarth data)
+    time           (B, 6) float32        year, month, day, hour, minute, second (NaN where unknown)
+    language       (B, L) float32        modes language, multimodal
+    vision         (B, T, H, W, D)       store dtype (float16), modes vision, multimodal
+    vision_pooled  (B, D) float32        mode vision_pooled: mean over (T, H, W), from the features cache
+    mask           (B,) bool             False on evaluation padding
+    row            (B,) int64            observation table row, -1 on padding
+Padding rows repeat a real example (finite values), so nothing NaN or uninitialised reaches a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from deepearth_jax.data import store as store_lib
+
+log = logging.getLogger(__name__)
+
+MODES = ("language", "vision", "vision_pooled", "multimodal")
+_NEEDS_VISION = {"vision", "vision_pooled", "multimodal"}
+_NEEDS_LANGUAGE = {"language", "multimodal"}
+# A pool keeps at most this many spare buffers per key beyond the prefetch depth.
+_POOL_SLACK = 4
+# Beyond this many batches in flight, reading further ahead only costs memory.
+_MAX_PREFETCH = 16
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _as_store(store: store_lib.Store | str | os.PathLike) -> store_lib.Store:
+    return store if isinstance(store, store_lib.Store) else store_lib.open_store(store)
+
+
+def _check_rows(store: store_lib.Store, rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+        raise ValueError(
+            f"rows must be a 1-D integer array of observation table rows, got {rows.dtype} {rows.shape}"
+        )
+    rows = rows.astype(np.int64, copy=False)
+    n = store.num_observations
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"rows outside the observation table [0, {n}) of store {store.path}")
+    return rows
+
+
+def usable_rows(store: store_lib.Store, rows: np.ndarray, mode: str) -> np.ndarray:
+    """The rows that have the embeddings `mode` needs, in their given order, `(M,)` int64.
+
+    Vision modes (`vision`, `vision_pooled`, `multimodal`) drop observations without a vision embedding
+    (`vision_row < 0`); language modes keep every row (each observation has a language row). Raises
+    ValueError when the store lacks the array a mode needs, or for rows outside the table.
+    """
+    _check_mode(mode)
+    rows = _check_rows(store, rows)
+    if mode in _NEEDS_VISION and not store.has_vision:
+        raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
+    if mode in _NEEDS_LANGUAGE and store.language is None:
+        raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
+    if mode in _NEEDS_VISION:
+        rows = rows[store.column("vision_row")[rows] >= 0]
+    return rows
+
+
+class _BufferPool:
+    """Recycles batch-sized arrays once nothing outside the pool references them (thread-safe).
+
+    A buffer handed out stays referenced by whoever holds the batch, including a zero-copy device array on
+    the CPU backend or a view of it (numpy views keep their owner alive), so a buffer is reused only when
+    the pool's own reference is the last one.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, capacity: int):
+        self.shape, self.dtype, self.capacity = shape, np.dtype(dtype), capacity
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> np.ndarray:
+        with self._lock:
+            for buffer in self._buffers:
+                # References: the list, this loop variable, getrefcount's argument.
+                if sys.getrefcount(buffer) == 3:
+                    return buffer
+            buffer = np.empty(self.shape, self.dtype)
+            if len(self._buffers) < self.capacity:
+                self._buffers.append(buffer)
+            return buffer
+
+
+class BatchReader:
+    """Reads one batch of observation rows from a store into a dict of numpy arrays (see the module doc).
+
+    The small per-observation columns are gathered once at construction (`N_obs * 48` bytes); embeddings
+    stay memory-mapped and are gathered per batch.
+
+    Args:
+      store: an opened store.
+      mode: one of MODES.
+      batch_size: the number of rows of every batch (process-local).
+      pool_capacity: how many recycled buffers per embedding key to keep (at least the batches in flight).
+    """
+
+    def __init__(self, store: store_lib.Store, mode: str, batch_size: int, pool_capacity: int = 8):
+        _check_mode(mode)
+        self.store, self.mode, self.batch_size = store, mode, int(batch_size)
+        col = store.column
+        self.species = np.ascontiguousarray(col("species_index"), dtype=np.int32)
+        self.location = np.stack(
+            [col(k).astype(np.float32) for k in ("latitude", "longitude", "elevation")], 1
+        )
+        self.time = np.stack(
+            [col(k).astype(np.float32) for k in ("year", "month", "day", "hour", "minute", "second")], 1
+        )
+        self.vision_row = np.ascontiguousarray(col("vision_row"), dtype=np.int64)
+        self.language_row = np.ascontiguousarray(col("language_row"), dtype=np.int64)
+        self.sources: dict[str, np.ndarray] = {}
+        if mode in _NEEDS_LANGUAGE:
+            if store.language is None:
+                raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
+            self.sources["language"] = store.language
+        if mode in ("vision", "multimodal"):
+            if not store.has_vision:
+                raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
+            self.sources["vision"] = store.vision
+        if mode == "vision_pooled":
+            from deepearth_jax.data.features import pooled_vision
+
+            self.sources["vision_pooled"] = pooled_vision(store)
+        self.pools = {
+            key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
+            for key, source in self.sources.items()
+        }
+
+    def set_pool_capacity(self, capacity: int) -> None:
+        """Keeps at most `capacity` recycled buffers per embedding key."""
+        for pool in self.pools.values():
+            pool.capacity = int(capacity)
+
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of one batch, all keys."""
+        per_row = (
+            4 + 12 + 24 + 1 + 8 + sum(int(np.prod(s.shape[1:])) * s.itemsize for s in self.sources.values())
+        )
+        return per_row * self.batch_size
+
+    def _embedding_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
+        if key == "language":
+            return self.language_row[rows]
+        index = self.vision_row[rows]
+        if (index < 0).any():
+            bad = self.store.observation_ids[rows[index < 0]][:5].tolist()
+            raise ValueError(f"observation(s) without a vision embedding in a {self.mode!r} batch: {bad}")
+        return index
+
+    def read(self, rows: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One batch for observation table rows `(B,)`; `mask` (B,) bool marks real rows (default all).
+
+        Rows come back sorted by their embedding row (read locality); `row` and every key follow that order.
+        Masked-out rows are read like real ones (pass a real row there) and get `row = -1`.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape != (self.batch_size,):
+            raise ValueError(f"a batch has {self.batch_size} rows, got shape {rows.shape}")
+        if rows.min() < 0 or rows.max() >= len(self.species):
+            raise ValueError(f"batch rows outside the observation table [0, {len(self.species)})")
+        mask = np.ones(self.batch_size, bool) if mask is None else np.asarray(mask, bool)
+        key_rows = {key: self._embedding_rows(key, rows) for key in self.sources}
+        sort_key = key_rows.get("vision", key_rows.get("vision_pooled", key_rows.get("language")))
+        if sort_key is not None:
+            order = np.argsort(sort_key, kind="stable")
+            rows, mask = rows[order], mask[order]
+            key_rows = {key: index[order] for key, index in key_rows.items()}
+        batch = {
+            "species": self.species[rows],
+            "location": self.location[rows],
+            "time": self.time[rows],
+            "mask": mask,
+            "row": np.where(mask, rows, -1),
+        }
+        for key, source in self.sources.items():
+            index = key_rows[key]
+            if index.min() < 0 or index.max() >= source.shape[0]:
+                raise ValueError(f"{key} rows outside [0, {source.shape[0]}) in store {self.store.path}")
+            out = self.pools[key].acquire()
+            # mode="clip" after the explicit check: mode="raise" with out= copies through a temporary.
+            np.take(source, index, axis=0, out=out, mode="clip")
+            batch[key] = out
+        return batch
+
+
+def _prefetch_count(buffer_bytes: int, batch_bytes: int) -> int:
+    """Batches to read ahead: as many as fit in `buffer_bytes` (at least 1), at most _MAX_PREFETCH."""
+    return max(1, min(_MAX_PREFETCH, int(buffer_bytes) // max(1, batch_bytes)))
+
+
+def _check_batching(num_rows: int, global_batch_size: int, process_index: int, process_count: int) -> int:
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    if process_count <= 0 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the process count {process_count}"
+        )
+    return global_batch_size // process_count
+
+
+def _rows_fingerprint(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class TrainBatches:
+    """An infinite iterator over epochs of process-local training batches (see `train_batches`).
+
+    Attributes:
+      steps_per_epoch: global batches per epoch, `len(rows) // global_batch_size` (the remainder is dropped;
+        a different remainder each epoch, since each epoch is shuffled anew).
+      prefetch: batches read ahead (derived from `buffer_bytes`).
+      reader: the BatchReader.
+    """
+
+    def __init__(
+        self,
+        store: store_lib.Store,
+        rows: np.ndarray,
+        *,
+        mode: str,
+        global_batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_threads: int = 4,
+        buffer_bytes: int = 512 << 20,
+        start_epoch: int = 0,
+    ):
+        _check_mode(mode)
+        self.rows = _check_rows(store, rows)
+        local = _check_batching(len(self.rows), global_batch_size, process_index, process_count)
+        self.steps_per_epoch = len(self.rows) // global_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.rows)} training rows make no full global batch of {global_batch_size}"
+            )
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        self.mode, self.global_batch_size, self.seed = mode, int(global_batch_size), int(seed)
+        self.reader = BatchReader(store, mode, local)
+        self.prefetch = _prefetch_count(buffer_bytes, self.reader.batch_bytes)
+        self.reader.set_pool_capacity(self.prefetch + _POOL_SLACK)
+        epoch_rows = self.steps_per_epoch * self.global_batch_size
+        dataset = (
+            grain.MapDataset.range(len(self.rows))
+            .shuffle(seed=self.seed)
+            .slice(slice(0, epoch_rows))
+            .slice(slice(process_index, None, process_count))
+            .batch(local, drop_remainder=True, batch_fn=lambda xs: np.asarray(xs, dtype=np.int64))
+            .repeat(None)
+            .map(self._read)
+        )
+        # More threads than batches in flight would idle (and Grain warns).
+        options = grain.ReadOptions(
+            num_threads=max(1, min(num_threads, self.prefetch)), prefetch_buffer_size=self.prefetch
+        )
+        self._iterator = dataset.to_iter_dataset(options).__iter__()
+        self._identity = {
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "num_rows": len(self.rows),
+            "rows_sha256": _rows_fingerprint(self.rows),
+            "mode": mode,
+        }
+        if start_epoch:
+            self._iterator.set_state({"next_index": int(start_epoch) * self.steps_per_epoch})
+
+    def _read(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        return self.reader.read(self.rows[positions])
+
+    @property
+    def step(self) -> int:
+        """Global batches delivered so far (over all epochs), i.e. the index of the next one."""
+        return int(self._iterator.get_state()["next_index"])
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to."""
+        return self.step // self.steps_per_epoch
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        """JSON-serialisable state: the next global batch index plus what must match on resume."""
+        return {"next_index": self.step, **self._identity}
+
+    def set_state(self, state: dict) -> None:
+        """Resumes at `state` (from `get_state`): the following batches are exactly those that came next.
+
+        Raises ValueError when the state belongs to another seed, batch size, mode or set of rows. The
+        process count may differ: global batch `j` holds the same examples whatever the number of processes.
+        """
+        for key, value in self._identity.items():
+            if key in state and state[key] != value:
+                raise ValueError(
+                    f"cannot resume: the saved iterator state has {key}={state[key]!r}, this one {value!r}"
+                )
+        self._iterator.set_state({"next_index": int(state["next_index"])})
+
+    def close(self) -> None:
+        """Stops the reading threads and drops pending batches."""
+        self._iterator.close()
+
+    def __enter__(self) -> TrainBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def train_batches(
+    store: store_lib.Store,
+    rows: np.ndarray,
+    *,
+    mode: str,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 4,
+    buffer_bytes: int = 512 << 20,
+    start_epoch: int = 0,
+) -> TrainBatches:
+    """Infinite, shuffled, process-sharded training batches of observation table `rows` (see the module doc).
+
+    Args:
+      store: an opened store.
+      rows: `(N,)` observation table rows to train on; pass them through `usable_rows` first.
+      mode: one of MODES (decides the embedding keys).
+      global_batch_size: examples per step over all processes (divisible by process_count).
+      seed: shuffle seed in [0, 2**32); epoch e is shuffled with seed + e.
+      process_index, process_count: this JAX process and how many there are.
+      num_threads: reading threads (memmap copies release the GIL).
+      buffer_bytes: bytes of batches read ahead (at least one batch); the consumer's own batches come on top.
+      start_epoch: begin at this epoch's first batch.
+    """
+    return TrainBatches(
+        store,
+        rows,
+        mode=mode,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=num_threads,
+        buffer_bytes=buffer_bytes,
+        start_epoch=start_epoch,
+    )
+
+
+def eval_batches(
+    store: store_lib.Store,
+    rows: np.ndarray,
+    *,
+    mode: str,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 4,
+    buffer_bytes: int = 512 << 20,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every row exactly once, in `ceil(len(rows) / global_batch_size)` batches of one fixed shape.
+
+    The last global batch is padded with copies of `rows[0]` and `mask=False`, `row=-1` there, so a jitted
+    step never recompiles and padding never counts. Process `p` gets positions `p::process_count` of each
+    global batch. Closing the generator (or leaving its loop) stops the reading threads.
+    """
+    _check_mode(mode)
+    rows = _check_rows(store, rows)
+    local = _check_batching(len(rows), global_batch_size, process_index, process_count)
+    if len(rows) == 0:
+        raise ValueError("no rows to evaluate")
+    steps = -(-len(rows) // global_batch_size)
+    reader = BatchReader(store, mode, local)
+    prefetch = _prefetch_count(buffer_bytes, reader.batch_bytes)
+    reader.set_pool_capacity(prefetch + _POOL_SLACK)
+    n = len(rows)
+
+    def read(positions: np.ndarray) -> dict[str, np.ndarray]:
+        mask = positions < n
+        return reader.read(rows[np.where(mask, positions, 0)], mask)
+
+    dataset = (
+        grain.MapDataset.range(steps * global_batch_size)
+        .slice(slice(process_index, None, process_count))
+        .batch(local, drop_remainder=True, batch_fn=lambda xs: np.asarray(xs, dtype=np.int64))
+        .map(read)
+    )
+    options = grain.ReadOptions(num_threads=max(1, min(num_threads, prefetch)), prefetch_buffer_size=prefetch)
+    return _closing(dataset.to_iter_dataset(options).__iter__())
+
+
+def _closing(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from iterator
+    finally:
+        iterator.close()
+
+
+def device_prefetch(
+    batches: Iterable[dict[str, np.ndarray]], sharding: Any, depth: int = 2
+) -> Iterator[dict[str, Any]]:
+    """Global `jax.Array` batches placed with `sharding`, `depth` of them in flight on a background thread.
+
+    Each process-local batch becomes one global array per key via `jax.make_array_from_process_local_data`
+    (the batch axis sharded as `sharding` says, e.g. `NamedSharding(mesh, P("data"))`); dtypes are kept, so
+    vision stays float16 on the device until the jitted step casts it. Closing the generator stops the
+    thread; an error in the source or the transfer is raised here.
+    """
+    import jax
+
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be at least 1, got {depth}")
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                placed = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+                del batch
+                if not put(placed):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(e)
+
+    thread = threading.Thread(target=work, name="device-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def get_training_batch(
+    store: store_lib.Store | str | os.PathLike,
+    observation_ids: Sequence[str],
+    include_vision: bool = True,
+    include_language: bool = True,
+) -> dict[str, Any]:
+    """The original DeepEarth library call: one batch for the given OBSERVATION_IDs, in their order.
+
+    Returns a dict with `observation_ids` (list), `species` (Latin names, list), `species_index` `(B,)`
+    int32, `locations` `(B, 3)` float32 (latitude, longitude in degrees, elevation in metres, NaN when
+    unknown), `timestamps` `(B, 6)` float32 (year, month, day, hour, minute, second; NaN where unknown),
+    and, when asked, `language_embeddings` `(B, L)` float32 and `vision_embeddings` `(B, T, H, W, D)` in
+    the store dtype. Raises KeyError naming unknown ids and ValueError naming ids without a vision
+    embedding when vision is asked for; nothing is ever filled with zeros.
+    """
+    store = _as_store(store)
+    ids = [str(i) for i in observation_ids]
+    if not ids:
+        raise ValueError("no observation ids given")
+    rows = store.rows_of(ids)
+    if include_vision:
+        if not store.has_vision:
+            raise ValueError(f"store {store.path} has no vision embeddings")
+        missing = [ids[i] for i in np.flatnonzero(store.column("vision_row")[rows] < 0)]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ValueError(
+                f"{len(missing)} observation id(s) have no vision embedding: {', '.join(missing[:5])}{more}"
+            )
+    if include_language and store.language is None:
+        raise ValueError(f"store {store.path} has no language embeddings")
+    col = store.column
+    names = store.species_names
+    species_index = col("species_index")[rows].astype(np.int32)
+    batch: dict[str, Any] = {
+        "observation_ids": ids,
+        "species": [names[i] for i in species_index],
+        "species_index": species_index,
+        "locations": np.stack([col(k)[rows] for k in ("latitude", "longitude", "elevation")], 1).astype(
+            np.float32
+        ),
+        "timestamps": np.stack(
+            [col(k)[rows].astype(np.float64) for k in ("year", "month", "day", "hour", "minute", "second")], 1
+        ).astype(np.float32),
+    }
+    if include_language:
+        batch["language_embeddings"] = np.take(store.language, col("language_row")[rows], axis=0)
+    if include_vision:
+        batch["vision_embeddings"] = np.take(store.vision, col("vision_row")[rows], axis=0)
+    return batch
