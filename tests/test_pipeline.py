@@ -334,3 +334,21 @@ def test_get_training_batch_errors_name_the_ids(store):
         pipeline.get_training_batch(store, [with_vision, no_vision])
     batch = pipeline.get_training_batch(store, [no_vision], include_vision=False)
     assert "vision_embeddings" not in batch and batch["language_embeddings"].shape == (1, 16)
+
+
+@pytest.mark.parametrize("mode", ["vision", "vision_pooled"])
+def test_data_benchmark_writes_its_figures(store, tmp_path: Path, capsys, mode):
+    from deepearth_jax.benchmark import main
+
+    out = tmp_path / "b.json"
+    argv = ["data", "--store", str(store.path), "--batch-size", "8", "--runs", "2", "--repeats", "1"]
+    assert main([*argv, "--mode", mode, "--json", str(out), "--device"]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("pipeline_samples_per_s", "raw_samples_per_s", "ratio", "ms_per_batch", "gb_per_s"):
+        assert figures[key] > 0, key
+    assert figures["ratio"] == pytest.approx(figures["pipeline_samples_per_s"] / figures["raw_samples_per_s"])
+    assert figures["rss_anon_peak_mb"] >= figures["rss_anon_before_mb"] > 0
+    assert figures["device"]["delivered_samples_per_s"] > 0
+    assert "ratio" in capsys.readouterr().out
+    assert main(["data", "--store", str(tmp_path / "missing")]) == 2
+    assert "error: no store at" in capsys.readouterr().err

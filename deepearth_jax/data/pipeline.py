@@ -250,6 +250,7 @@ class TrainBatches:
       steps_per_epoch: global batches per epoch, `len(rows) // global_batch_size` (the remainder is dropped;
         a different remainder each epoch, since each epoch is shuffled anew).
       prefetch: batches read ahead (derived from `buffer_bytes`).
+      num_threads: reading threads actually used, `min(num_threads, prefetch)`.
       reader: the BatchReader.
     """
 
@@ -292,9 +293,8 @@ class TrainBatches:
             .map(self._read)
         )
         # More threads than batches in flight would idle (and Grain warns).
-        options = grain.ReadOptions(
-            num_threads=max(1, min(num_threads, self.prefetch)), prefetch_buffer_size=self.prefetch
-        )
+        self.num_threads = max(1, min(num_threads, self.prefetch))
+        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         self._iterator = dataset.to_iter_dataset(options).__iter__()
         self._identity = {
             "seed": self.seed,
