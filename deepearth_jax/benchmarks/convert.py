@@ -1,9 +1,154 @@
-"""Placeholder until the convert benchmark lands (being written now)."""
+"""Convert benchmark: `python -m deepearth_jax.benchmark convert --source DIR [--out STORE] [--json PATH]`.
+
+Measures, in one run on the same files:
+  * the ceiling: a plain pyarrow read of every `vision_embeddings/*.parquet` (decoding the embedding column
+    to numpy, nothing else), or for a dashboard source a plain sequential read of `embeddings.mmap`;
+  * the conversion: `python -m deepearth_jax.data convert` in a child process, end to end (start-up,
+    observations, vision rows, checksums), and the child's peak RSS (from `os.wait4`).
+Throughput is decoded float32 source bytes of vision embeddings per second. The ceiling runs first and again
+after the conversion, so the page cache is as warm for both (the figures say which pass was which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from deepearth_jax.data import convert as convert_lib
+from deepearth_jax.data import store as store_lib
+from deepearth_jax.data import synthetic
+
+_READ_BYTES = 64 << 20
 
 
-def add_arguments(p):
-    pass
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", type=Path, required=True, help="an HF or dashboard dataset directory")
+    p.add_argument(
+        "--out", type=Path, default=None, help="store to write (default: a temporary one, deleted)"
+    )
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="store vision dtype")
+    p.add_argument("--vision-shape", default=None, help="T,H,W,D, passed to convert (dashboard sources)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
-def run(args):
-    raise NotImplementedError("the convert benchmark is not written yet")
+def read_hf_embeddings(vision_dir: Path) -> tuple[int, int, float]:
+    """Plain pyarrow read of every embeddings file: `(rows, decoded bytes, seconds)`."""
+    rows = nbytes = 0
+    start = time.perf_counter()
+    for path in sorted(vision_dir.glob("*.parquet")):
+        parquet = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
+        for batch in parquet.iter_batches(batch_size=4, columns=["embedding"]):
+            values, _, _ = convert_lib._flat_lists(batch.column(0))
+            rows += batch.num_rows
+            nbytes += values.nbytes
+    return rows, nbytes, time.perf_counter() - start
+
+
+def read_mmap(path: Path, row_bytes: int) -> tuple[int, int, float]:
+    """Plain sequential read of a raw float32 file: `(rows, bytes, seconds)`."""
+    buffer = bytearray(_READ_BYTES)
+    nbytes = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            nbytes += n
+    return nbytes // row_bytes, nbytes, time.perf_counter() - start
+
+
+def _run_child(command: list[str]) -> tuple[int, float, int, str]:
+    """Runs a command; returns (exit status, seconds, peak RSS in bytes, stderr tail)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+    return process.returncode, seconds, usage.ru_maxrss * 1024, (tail[0] if tail else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    source = args.source
+    layout = convert_lib.detect_layout(source)
+    if layout == convert_lib.HF:
+        shape = None
+
+        def ceiling() -> tuple[int, int, float]:
+            return read_hf_embeddings(source / synthetic.HF_VISION_DIR)
+    else:
+        shape = synthetic.parse_shape(args.vision_shape) if args.vision_shape else synthetic.REAL_VISION_SHAPE
+        row_bytes = math.prod(shape) * 4
+
+        def ceiling() -> tuple[int, int, float]:
+            return read_mmap(source / synthetic.DASHBOARD_MMAP_FILE, row_bytes)
+
+    out = args.out
+    temporary = None
+    if out is None:
+        temporary = Path(tempfile.mkdtemp(prefix="deepearth-convert-bench-"))
+        out = temporary / "store"
+    try:
+        rows_read, bytes_read, ceiling_first = ceiling()
+        command = [sys.executable, "-m", "deepearth_jax.data", "convert", str(source), "--out", str(out)]
+        command += ["--dtype", args.dtype] + (
+            ["--vision-shape", args.vision_shape] if args.vision_shape else []
+        )
+        status, seconds, peak_rss, tail = _run_child(command)
+        if status != 0:
+            raise store_lib.StoreError(f"convert failed (exit {status}): {tail}")
+        _, _, ceiling_second = ceiling()
+        store = store_lib.open_store(out)
+        vision_rows = int(store.manifest["counts"]["vision_rows"])
+        row_values = math.prod(store.vision_shape) if store.vision_shape else 0
+        # Decoded float32 source bytes of the rows converted (what the ceiling also decodes).
+        source_bytes = vision_rows * row_values * 4
+        store_bytes = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    ceiling_seconds = min(ceiling_first, ceiling_second)
+    figures = {
+        "source": str(source),
+        "layout": layout,
+        "dtype": args.dtype,
+        "vision_shape": list(store.vision_shape) if store.vision_shape else None,
+        "vision_rows": vision_rows,
+        "source_vision_bytes": source_bytes,
+        "store_bytes": store_bytes,
+        "ceiling_rows_read": rows_read,
+        "ceiling_bytes_read": bytes_read,
+        "ceiling_seconds_first_pass": round(ceiling_first, 3),
+        "ceiling_seconds_second_pass": round(ceiling_second, 3),
+        "ceiling_mb_per_s": round(bytes_read / ceiling_seconds / 1e6, 1),
+        "convert_seconds": round(seconds, 3),
+        "convert_mb_per_s": round(source_bytes / seconds / 1e6, 1),
+        "convert_rows_per_s": round(vision_rows / seconds, 2),
+        "convert_peak_rss_bytes": peak_rss,
+        "cpus": os.cpu_count(),
+        "machine": os.uname().machine,
+    }
+    print(f"convert benchmark: {source} ({layout}), {vision_rows} vision rows {figures['vision_shape']}")
+    print(f"  source vision bytes (float32)  {store_lib.format_bytes(source_bytes)}")
+    print(
+        f"  pyarrow/plain read (ceiling)   {figures['ceiling_mb_per_s']:>8.1f} MB/s  "
+        f"(best of 2 passes: {ceiling_first:.2f} s, {ceiling_second:.2f} s)"
+    )
+    print(
+        f"  convert, end to end            {figures['convert_mb_per_s']:>8.1f} MB/s  "
+        f"({seconds:.2f} s, {figures['convert_rows_per_s']:.1f} rows/s, -> {args.dtype})"
+    )
+    print(f"  convert peak RSS               {store_lib.format_bytes(peak_rss)}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
