@@ -202,6 +202,8 @@ def _year_histogram(ax, years: np.ndarray, groups: list[tuple[str, np.ndarray, s
     )
     bottom = np.zeros(len(all_years))
     for label, mask, color in groups:
+        if not mask.any():
+            continue
         counts = np.array([int(((years == y) & mask).sum()) for y in all_years])
         ax.bar(all_years, counts, bottom=bottom, color=color, label=label, width=0.85)
         bottom += counts
@@ -361,9 +363,14 @@ def _folds(fig, gs, payload: dict, cols: dict) -> None:
             fontsize=10,
             fontweight="bold",
             color=colors[block["fold"]],
-            alpha=0.9,
-            zorder=2,
-            bbox={"facecolor": "white", "alpha": 0.55, "edgecolor": "none", "pad": 0.5},
+            zorder=4,  # above the points, so dense blocks still show their fold
+            bbox={
+                "facecolor": "white",
+                "alpha": 0.7,
+                "edgecolor": colors[block["fold"]],
+                "pad": 1.5,
+                "lw": 0.6,
+            },
         )
     _draw_regions(ax, payload, cols, faint=True)
     _map_axes(ax, payload, cols)
