@@ -354,6 +354,24 @@ def test_bad_generation_input(store):
         split_lib.make_split(store, region_share=0.9)
 
 
+def test_region_share_is_a_constraint_when_given(store, payload):
+    selection = payload["split_strategy"]["spatial_split"]["selection"]
+    assert selection["share_range_is_constraint"] is False
+    lo, hi = selection["share_range"]
+    shares = [r["box_share"] for r in payload["test_spatial_regions"]]
+    assert selection["regions_outside_share_range"] == sum(not lo <= x <= hi for x in shares)
+    # Each box's share, counted by hand.
+    _, lat, lon, _, _ = _pool_columns(store)
+    for r in payload["test_spatial_regions"]:
+        assert r["box_share"] == geo.in_box(lat, lon, r["bounds"]).mean()
+    target = float(np.quantile(shares, 0.5))
+    given = split_lib.make_split(store, seed=SEED, region_share=target, num_regions=3)
+    selection = given["split_strategy"]["spatial_split"]["selection"]
+    assert selection["share_range_is_constraint"] is True and selection["regions_outside_share_range"] == 0
+    for r in given["test_spatial_regions"]:
+        assert target / 2 <= r["box_share"] <= target * 2
+
+
 def test_store_without_coordinates_or_dates(store):
     table = store.observations
     try:

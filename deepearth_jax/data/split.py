@@ -10,14 +10,15 @@ The holdout split, as the original `create_train_test_split.py` defined it:
 3. Ours: with `buffer_km` > 0, `temporal_train` observations within `buffer_km` (geodesic) of a region's box
    become `excluded` (`buffer_region_<k>`, k the nearest box), so spatial autocorrelation cannot leak.
 
-Region centres (our objective, deterministic by seed): every pool observation is a candidate centre whose box
-holds between half and twice the target share of the pool (`region_share`, default the median over candidates
-of the share in a box centred on them, i.e. a typical neighbourhood). A draw visits the eligible candidates in
-a seeded random order and keeps each one that lies at least `min_distance_km` (geodesic, WGS84) from the
-centres kept so far, until `num_regions` are kept. Of `REGION_DRAWS` such draws, the one with the largest
-minimum distance between centres (spread) wins; if no random draw places every region, one farthest-point draw
-(which packs best) is tried. If that fails too, make_split raises a ValueError naming the constraints: a
-constraint is never relaxed silently.
+Region centres (our objective, deterministic by seed): every pool observation is a candidate centre. Its box
+should hold between half and twice a target share of the pool: with `region_share` given that range is a hard
+constraint; by default the target is the median over candidates of the share in a box centred on them (a
+typical neighbourhood) and the range is a preference (reported, never hidden). A draw visits the candidates in
+a seeded random order, those in the share range first, and keeps each one at least `min_distance_km`
+(geodesic, WGS84) from the centres kept so far, until `num_regions` are kept. Of `REGION_DRAWS` such draws
+the one with the fewest boxes outside the share range, then the largest minimum distance between centres
+(spread), wins; if no random draw places every region, one farthest-point draw (which packs best) is tried.
+If that fails too, make_split raises a ValueError naming the constraints: a constraint is never relaxed.
 
 Block cross-validation (`folds` > 0): the pool is cut into square blocks of `block_km` (a lat/lon grid from
 the pool's south-west corner: `block_km / 111` degrees of latitude by `block_km / (111 cos(lat_ref))` degrees
@@ -444,45 +445,58 @@ def choose_regions(
     n = len(pool.lat)
     counts = box_counts(pool.lat, pool.lon, region_km)
     share = counts / n
-    target = float(np.median(share)) if region_share is None else float(region_share)
+    hard = region_share is not None
+    target = float(region_share) if hard else float(np.median(share))
     lo, hi = target / SHARE_TOLERANCE, target * SHARE_TOLERANCE
-    eligible = np.flatnonzero((share >= lo) & (share <= hi))
-    constraints = (
-        f"{num_regions} test regions of {region_km:g} km with centres >= {min_distance_km:g} km apart, each "
-        f"holding {100 * lo:.2g}%..{100 * hi:.2g}% of the {n} candidate observations"
-    )
+    in_band = (share >= lo) & (share <= hi)
+    # With --region-share the band is a constraint; by default it is a preference (in-band centres first).
+    eligible = np.flatnonzero(in_band) if hard else np.arange(n)
+    spacing = f"{num_regions} test regions of {region_km:g} km with centres >= {min_distance_km:g} km apart"
+    band = f"holding {100 * lo:.2g}%..{100 * hi:.2g}% of the {n} candidate observations"
+    constraints = f"{spacing}, each {band}" if hard else f"{spacing} among the {n} candidate observations"
     if len(eligible) == 0:
         raise ValueError(
             f"cannot place {constraints}: no observation's box holds such a share; change --region-share"
         )
     cand_lat, cand_lon = pool.lat[eligible], pool.lon[eligible]
+    preferred = in_band[eligible]
     rng = np.random.default_rng([seed, 7])
     best: list[int] | None = None
-    best_spread = -1.0
+    best_key = (math.inf, math.inf)
     most = 0
     for _ in range(REGION_DRAWS):
-        kept = _draw(cand_lat, cand_lon, rng.permutation(len(eligible)), num_regions, min_distance_km)
+        order = rng.permutation(len(eligible))
+        order = np.concatenate([order[preferred[order]], order[~preferred[order]]])
+        kept = _draw(cand_lat, cand_lon, order, num_regions, min_distance_km)
         most = max(most, len(kept))
         if len(kept) == num_regions:
-            spread = _min_pairwise_km(cand_lat[kept], cand_lon[kept])
-            if spread > best_spread:
-                best, best_spread = kept, spread
+            # Fewest regions outside the share band first, then the most spread out.
+            key = (int((~preferred[kept]).sum()), -_min_pairwise_km(cand_lat[kept], cand_lon[kept]))
+            if key < best_key:
+                best, best_key = kept, key
     method = "random"
     if best is None:
-        kept = _farthest_draw(
-            cand_lat, cand_lon, int(rng.integers(len(eligible))), num_regions, min_distance_km
-        )
+        first = int(rng.integers(len(eligible)))
+        kept = _farthest_draw(cand_lat, cand_lon, first, num_regions, min_distance_km)
         most = max(most, len(kept))
         if len(kept) == num_regions:
-            best, best_spread, method = (
-                kept,
-                _min_pairwise_km(cand_lat[kept], cand_lon[kept]),
-                "farthest_point",
-            )
+            best, method = kept, "farthest_point"
+            best_key = (int((~preferred[kept]).sum()), -_min_pairwise_km(cand_lat[kept], cand_lon[kept]))
     if best is None:
         raise ValueError(
-            f"cannot place {constraints}: at most {most} fit ({len(eligible)} eligible centres); use fewer "
-            "--regions, a smaller --min-distance-km or --region-km, or another --region-share"
+            f"cannot place {constraints}: at most {most} fit ({len(eligible)} candidate centres); use fewer "
+            "--regions, a smaller --min-distance-km or --region-km"
+            + (", or another --region-share" if hard else "")
+        )
+    outside = int(best_key[0])
+    if outside:
+        log.warning(
+            "%d of %d test regions hold a share of observations outside the preferred %.2g%%..%.2g%% (see "
+            "split_strategy.spatial_split.selection); pass --region-share to make the range a constraint",
+            outside,
+            num_regions,
+            100 * lo,
+            100 * hi,
         )
     regions = []
     for k, c in enumerate(best):
@@ -497,19 +511,27 @@ def choose_regions(
                 "bounds": geo.box_around(float(pool.lat[i]), float(pool.lon[i]), region_km),
                 "size_km": float(region_km),
                 "center_observation_id": str(pool.ids[i]),
+                "box_share": 0.0,
             }
         )
+        # Counted again with the exact box, so the share matches the assignment to the last observation.
+        regions[-1]["box_share"] = float(geo.in_box(pool.lat, pool.lon, regions[-1]["bounds"]).mean())
+    spread = -best_key[1]
     record = {
         "objective": (
-            "maximise the minimum geodesic distance between centres over seeded random draws, subject to "
-            "centres >= min_distance_km apart and each box holding target_share/2..target_share*2 of the pool"
+            "over seeded random draws of centres >= min_distance_km apart, fewest boxes outside the share "
+            "range, then the largest minimum geodesic distance between centres"
         ),
         "target_share": target,
+        "target_share_source": "--region-share" if hard else "median box share over candidate centres",
         "share_range": [lo, hi],
-        "eligible_centres": int(len(eligible)),
+        "share_range_is_constraint": hard,
+        "regions_outside_share_range": outside,
+        "candidate_centres": int(len(eligible)),
+        "centres_in_share_range": int(in_band.sum()),
         "draws": REGION_DRAWS,
         "method": method,
-        "min_center_distance_km": best_spread if math.isfinite(best_spread) else None,
+        "min_center_distance_km": spread if math.isfinite(spread) else None,
     }
     return regions, record
 
