@@ -369,7 +369,7 @@ def test_region_share_is_a_constraint_when_given(store, payload):
     selection = given["split_strategy"]["spatial_split"]["selection"]
     assert selection["share_range_is_constraint"] is True and selection["regions_outside_share_range"] == 0
     for r in given["test_spatial_regions"]:
-        assert target / 2 <= r["box_share"] <= target * 2
+        assert target / 2 - 1e-3 <= r["box_share"] <= target * 2 + 1e-3  # the band is checked on counts
 
 
 def test_store_without_coordinates_or_dates(store):
