@@ -1152,8 +1152,8 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         "--region-share",
         type=float,
         default=None,
-        help="target share of the pool in one region box, e.g. 0.01; boxes must hold half to twice this "
-        "(default: the median over candidate centres)",
+        help="target share of the pool in one region box, e.g. 0.01: boxes must then hold half to twice this "
+        "(default: prefer, not require, half to twice the median box share over candidate centres)",
     )
     p.add_argument(
         "--buffer-km",
@@ -1166,7 +1166,8 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         "--all-observations",
         action="store_true",
         default=None,
-        help="split every observation, not only those with a vision embedding (the original's pool)",
+        help="split every observation, not only those with a vision embedding (the original split only "
+        "those with one)",
     )
     p.add_argument(
         "--folds", type=int, default=0, help="spatial block cross-validation folds K (default 0: none)"
