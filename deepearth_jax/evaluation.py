@@ -41,7 +41,12 @@ class Evaluator:
     def __init__(self, config: ml_collections.ConfigDict, data, eval_step, mesh, subset: str = "test"):
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
         self.rows = data.test_rows if subset == "test" else data.train_rows
-        reasons = data.split.reason_of_rows(data.store, self.rows) if len(self.rows) else np.zeros(0, object)
+        fold = None if config.fold < 0 else int(config.fold)
+        reasons = (
+            data.split.reason_of_rows(data.store, self.rows, fold=fold)
+            if len(self.rows)
+            else np.zeros(0, object)
+        )
         self.reason_of_row = dict(zip(self.rows.tolist(), reasons.tolist(), strict=True))
 
     def run(self, state) -> EvalResult:
