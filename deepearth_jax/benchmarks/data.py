@@ -2,8 +2,9 @@
 
 Measures, from a warm page cache (every embedding array is read through its memmap first):
 - the pipeline (`train_batches`): ms per batch, samples/s and GB/s of whole batches, best of `--repeats`
-  stretches of `--runs` consecutive batches in steady state (after a warm-up of the read-ahead depth
-  plus one batch: the reads in flight when a stretch starts match those when it ends);
+  stretches of `--runs` consecutive batches in steady state: each stretch starts with the read-ahead
+  emptied and refilled by a warm-up of its depth plus one batch, so the reads in flight when it starts
+  match those when it ends (no head start from a full read-ahead);
 - the ceiling: `np.take(memmap, sorted rows, out=preallocated)` of exactly the rows the pipeline delivered
   in each stretch, right after it (embedding keys only), on one thread and on as many threads as the
   pipeline reads with (whole batches in parallel: `min(--threads, read-ahead depth)`); the faster is the
@@ -187,11 +188,13 @@ def run(args: argparse.Namespace) -> int:
         reader = batches.reader
         warm_bytes, warm_s = _warm(reader.sources)
         log.info("page cache warmed: read %.2f GB of embeddings in %.2f s", warm_bytes / 1e9, warm_s)
-        for _ in range(batches.prefetch + 1):  # warm-up: reach the steady state
-            next(batches)
         pipe_s = raw1_s = rawn_s = float("inf")
         # Interleaved, so that the pipeline and the gather see the same load on a shared machine.
         for _ in range(args.repeats):
+            # Back to the steady state: drop the read-ahead filled while the gather ran, then warm up.
+            batches.set_state(batches.get_state())
+            for _ in range(batches.prefetch + 1):
+                next(batches)
             elapsed, timed_rows = _time_stretch(batches, args.runs)
             pipe_s = min(pipe_s, elapsed)
             raw1_s = min(raw1_s, _time_raw(reader, timed_rows, 1, 1))
