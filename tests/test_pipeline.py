@@ -279,9 +279,13 @@ def test_device_prefetch_places_sharded_arrays(store):
     threads_before = threading.active_count()
     with pipeline.train_batches(store, rows, mode="multimodal", global_batch_size=global_batch, seed=2) as b:
         host = [{k: v.copy() for k, v in x.items()} for x in _take(b, 3)]
-    with pipeline.train_batches(store, rows, mode="multimodal", global_batch_size=global_batch, seed=2) as b:
+    with pipeline.train_batches(
+        store, rows, mode="multimodal", global_batch_size=global_batch, seed=2, buffer_bytes=1
+    ) as b:
         stream = pipeline.device_prefetch(b, sharding, depth=2)
         placed = [next(stream) for _ in range(3)]
+        for _ in range(20):  # later reads must not overwrite host buffers that placed arrays may alias
+            next(stream)
         stream.close()  # early close: the background thread must stop
     for want, have in zip(host, placed, strict=True):
         assert have["vision"].dtype == np.float16 and have["vision"].sharding == sharding
