@@ -4,7 +4,7 @@ Measures, in one run on the same files:
   * the ceiling: a plain pyarrow read of every `vision_embeddings/*.parquet` (decoding the embedding column
     to numpy, nothing else), or for a dashboard source a plain sequential read of `embeddings.mmap`;
   * the conversion: `python -m deepearth_jax.data convert` in a child process, end to end (start-up,
-    observations, vision rows, checksums), and the child's peak RSS (from `os.wait4`).
+    observations, vision rows, checksums), and the child's peak RSS (its VmHWM, polled).
 Throughput is decoded float32 source bytes of vision embeddings per second. The ceiling runs first and again
 after the conversion, so the page cache is as warm for both (the figures say which pass was which).
 """
@@ -65,17 +65,36 @@ def read_mmap(path: Path, row_bytes: int) -> tuple[int, int, float]:
     return nbytes // row_bytes, nbytes, time.perf_counter() - start
 
 
+def _peak_rss(pid: int) -> int:
+    """VmHWM of a running process in bytes (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _run_child(command: list[str]) -> tuple[int, float, int, str]:
-    """Runs a command; returns (exit status, seconds, peak RSS in bytes, stderr tail)."""
+    """Runs a command; returns (exit status, seconds, peak RSS in bytes, last stderr line).
+
+    The peak is the child's VmHWM, polled every 20 ms (it only grows, so only growth in the last 20 ms could
+    be missed). Not ru_maxrss: Linux carries the parent's RSS at fork into the child's ru_maxrss, which
+    would charge this process's own memory to the conversion.
+    """
     start = time.perf_counter()
+    peak = 0
     with tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        while process.poll() is None:
+            peak = max(peak, _peak_rss(process.pid))
+            time.sleep(0.02)
         seconds = time.perf_counter() - start
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-    return process.returncode, seconds, usage.ru_maxrss * 1024, (tail[0] if tail else "")
+    return process.returncode, seconds, peak, (tail[0] if tail else "")
 
 
 def run(args: argparse.Namespace) -> int:
