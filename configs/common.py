@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.demo.vision_shape = (2, 6, 6, 128)
     c.demo.language_dim = 256
     c.demo.seed = 0
+    c.demo.regions = 5  # spatial test regions of the demo's default split (10 x 10 km, >= 15 km apart)
     return c
 
 
@@ -80,5 +81,6 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.demo.species = 10
     c.demo.vision_shape = (2, 3, 3, 16)
     c.demo.language_dim = 32
+    c.demo.regions = 2  # five 10 km regions would swallow most of a 400-observation store
     c.model.hidden = (32, 32)
     return c

@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         help="best (by the config's best_metric, default), latest, or a step number",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    for noisy in ("absl", "jax", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         evaluate_workdir(args.workdir, args.split, args.checkpoint)
     except (TrainError, store_lib.StoreError, ValueError, KeyError, FileNotFoundError) as e:

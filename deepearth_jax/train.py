@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import config_utils, parallel, steps
@@ -36,6 +37,16 @@ from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
 
 log = logging.getLogger("deepearth_jax.train")
+
+
+class _QuietOrbax(logging.Filter):
+    """Checkpoints between evals carry no metrics on purpose; orbax warns about each one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 # Fields a resumed run may change (the length of training and how often things happen); any other change
 # means a different run, which must not silently continue this one's checkpoint.
@@ -90,7 +101,9 @@ def demo_store(demo: ml_collections.ConfigDict) -> tuple[Path, Path]:
 
             shutil.rmtree(tmp, ignore_errors=True)
     if not split_file.exists():
-        payload = split_lib.make_split(store_lib.open_store(store_dir), seed=demo.seed)
+        payload = split_lib.make_split(
+            store_lib.open_store(store_dir), num_regions=demo.regions, seed=demo.seed
+        )
         tmp_split = split_file.with_suffix(f".{os.getpid()}.tmp")
         split_lib.write_split(payload, tmp_split)
         os.replace(tmp_split, split_file)
@@ -167,8 +180,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     if store.language is not None:
         input_dims["language"] = int(store.language.shape[1])
     if store.vision is not None:
-        input_dims["vision"] = tuple(int(d) for d in store.vision.shape[1:])
-        input_dims["vision_pooled"] = int(store.vision.shape[-1])
+        input_dims["vision"] = int(store.vision.shape[-1])  # token width D (= pooled width)
+        input_dims["vision_shape"] = tuple(int(d) for d in store.vision.shape[1:])
     return Data(
         store=store,
         split=split,
@@ -256,11 +269,16 @@ def _check_resumable(saved: dict, current: dict, workdir: Path) -> None:
         )
 
 
+def model_params(state) -> nnx.State:
+    """The model's parameters (nnx.Param) out of the train state."""
+    return nnx.filter_state(state["model"], nnx.Param)
+
+
 def params_checksum(state) -> str:
     """SHA-256 over the bytes of every parameter, in tree order (identical runs give identical sums)."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(steps.params_of(state)):
-        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    for leaf in jax.tree.leaves(model_params(state)):
+        digest.update(np.ascontiguousarray(evaluation_lib.to_host(leaf)).tobytes())
     return digest.hexdigest()
 
 
@@ -390,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     writer = _Writers(workdir, is_main, truncate_after=step)
     metrics = steps.init_metrics(config, mesh)
-    last_log_time, last_log_step = time.time(), step
+    last_log_time, last_log_step, paused = time.time(), step, 0.0
     last_saved = latest
     bar = _progress_bar(is_main, total_steps, step)
     summary: dict = {}
@@ -422,8 +440,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                 f"{checkpointer.directory}"
                             )
                         now = time.time()
-                        rate = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-                        last_log_time, last_log_step = now, step
+                        busy = now - last_log_time - paused  # evals and checkpoint saves are not training
+                        rate = (step - last_log_step) * config.batch_size / max(busy, 1e-9)
+                        last_log_time, last_log_step, paused = now, step, 0.0
                         writer.write(
                             step,
                             epoch,
@@ -438,6 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     eval_now = (
                         crossed(config.eval_every_steps) if config.eval_every_steps > 0 else at_epoch_end
                     )
+                    pause_start = time.time()
                     eval_metrics = evaluator.evaluate(state) if (eval_now or final_step) else None
                     if eval_metrics is not None:
                         writer.write(step, epoch, eval_metrics)
@@ -452,6 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             step, state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
                         )
                         last_saved = step
+                    paused += time.time() - pause_start
                     if bar is not None:
                         bar.update(step - previous)
                     if stopper.requested:
@@ -590,10 +611,14 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
             parser.error(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
         key, _, value = item[len("--config.") :].partition("=")
         overrides[key] = value
+    # force: absl (imported by our dependencies) has already configured the root logger.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
+    for noisy in ("absl", "jax", "orbax"):  # their INFO lines bury ours
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     config = config_utils.load_config(args.config)
     config_utils.apply_overrides(config, overrides)
     workdir = (
