@@ -426,3 +426,20 @@ def test_original_shape_refuses_ambiguous():
         convert_lib.resolve_vision_shape((32, 64))
     with pytest.raises(ValueError, match="not a list of sizes"):
         convert_lib.parse_original_shape("4608x1408")
+
+
+def test_convert_benchmark_reports_figures(hf_source, tmp_path, capsys):
+    from deepearth_jax.benchmark import main as benchmark_main
+
+    dataset, source = hf_source
+    figures_path = tmp_path / "figures.json"
+    assert benchmark_main(["convert", "--source", str(source), "--json", str(figures_path)]) == 0
+    figures = json.loads(figures_path.read_text())
+    n_vision = int(dataset.has_vision.sum())
+    assert figures["vision_rows"] == figures["ceiling_rows_read"] == n_vision
+    assert (
+        figures["source_vision_bytes"] == figures["ceiling_bytes_read"] == n_vision * int(np.prod(SHAPE)) * 4
+    )
+    assert figures["convert_mb_per_s"] > 0 and figures["ceiling_mb_per_s"] > 0
+    assert 20e6 < figures["convert_peak_rss_bytes"] < 2e9
+    assert "convert peak RSS" in capsys.readouterr().out

@@ -290,6 +290,8 @@ def write_store(
         if dtype == "float16" and np.abs(values).max() > limit:
             raise store_lib.StoreError(f"synthetic row {i} overflows float16")
         writer.vision[row] = values
+        if (row + 1) % max(1, (256 << 20) // row_bytes) == 0:
+            writer.save_progress()  # flush and remap: written rows leave RSS, whatever the store's size
         if bar is not None:
             bar.update(1)
     if bar is not None:
