@@ -661,8 +661,6 @@ def _copy_hf_file(
     seen: set[int] = set()
     shapes: dict[str, tuple[int, ...] | None] = {}
     batch_rows = max(1, _BATCH_BYTES // (math.prod(shape) * 4))
-    row_bytes = math.prod(shape) * np.dtype(dtype).itemsize
-    unsaved = 0
     for batch in _prefetched(parquet.iter_batches(batch_size=batch_rows, columns=columns)):
         ids = _numbers(batch.column("gbif_id"))
         values, offsets, valid = _flat_lists(batch.column("embedding"))
@@ -700,11 +698,6 @@ def _copy_hf_file(
                 copied += 1
         meter.update(copied, int(values.nbytes))
         del values, offsets, batch
-        unsaved += copied * row_bytes
-        if unsaved >= _BATCH_BYTES:
-            # Flushes and remaps (records nothing new): the rows written leave RSS before the file ends.
-            sink.save_progress()
-            unsaved = 0
     record["bad"].extend(
         _bad(g, "missing_embedding", f"no row in {path.name}", "vision") for g in wanted if g not in seen
     )
