@@ -98,6 +98,18 @@ def usable_rows(store: store_lib.Store, rows: np.ndarray, mode: str) -> np.ndarr
     return rows
 
 
+def _free_refcount() -> int:
+    """getrefcount of an array held only by a list, seen from a loop over that list (3 on CPython 3.11)."""
+    probe = [np.empty(0)]
+    for buffer in probe:
+        return sys.getrefcount(buffer)
+    raise AssertionError("unreachable")
+
+
+# Measured rather than assumed, since interpreters count borrowed references differently.
+_FREE_REFS = _free_refcount()
+
+
 class _BufferPool:
     """Recycles batch-sized arrays once nothing outside the pool references them (thread-safe).
 
@@ -114,8 +126,7 @@ class _BufferPool:
     def acquire(self) -> np.ndarray:
         with self._lock:
             for buffer in self._buffers:
-                # References: the list, this loop variable, getrefcount's argument.
-                if sys.getrefcount(buffer) == 3:
+                if sys.getrefcount(buffer) == _FREE_REFS:
                     return buffer
             buffer = np.empty(self.shape, self.dtype)
             if len(self._buffers) < self.capacity:
