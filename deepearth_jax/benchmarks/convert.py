@@ -48,7 +48,7 @@ def read_hf_embeddings(vision_dir: Path) -> tuple[int, int, float]:
     for path in sorted(vision_dir.glob("*.parquet")):
         parquet = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
         for batch in parquet.iter_batches(batch_size=4, columns=["embedding"]):
-            values, _, _ = convert_lib._flat_lists(batch.column(0))
+            values, _, _ = convert_lib.flatten_list_column(batch.column(0))
             rows += batch.num_rows
             nbytes += values.nbytes
     return rows, nbytes, time.perf_counter() - start

@@ -44,7 +44,8 @@ def run_synth(args: argparse.Namespace) -> int:
         vision_fraction=args.vision_fraction,
     )
     dataset = synthetic.SyntheticDataset(config)
-    row_bytes = int(np.prod(config.vision_shape)) * (2 if args.layout == "store" and args.dtype == "float16" else 4)
+    itemsize = 2 if args.layout == "store" and args.dtype == "float16" else 4
+    row_bytes = int(np.prod(config.vision_shape)) * itemsize
     n_vision = int(dataset.has_vision.sum())
     print(
         f"synth: {args.layout} layout, {config.observations} observations ({n_vision} with vision), "
@@ -73,7 +74,8 @@ def run_verify(args: argparse.Namespace) -> int:
     total = sum(
         int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in manifest.get("arrays", {}).values()
     )
-    with tqdm(total=total, desc="verify", unit="B", unit_scale=True, dynamic_ncols=True, mininterval=0.5) as bar:
+    bar = tqdm(total=total, desc="verify", unit="B", unit_scale=True, dynamic_ncols=True, mininterval=0.5)
+    with bar:
         problems = store_lib.verify_store(args.store, progress=bar.update)
     if problems:
         for problem in problems:

@@ -136,7 +136,7 @@ def summarize_bad(bad: list[dict], first: int = 3) -> str:
     return f"{len(bad)} bad source row(s): " + "; ".join(parts)
 
 
-def _flat_lists(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flatten_list_column(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A (nested) list column -> `(values, offsets (N+1,), valid (N,))`: row i is values[o[i]:o[i+1]].
 
     Null numbers inside a list come back as NaN (so they are caught as non-finite, never as zeros).
@@ -246,7 +246,7 @@ class _Observations:
     source_rows: int = 0
 
 
-def read_observations(path: Path, progress: Callable[[int], None] | None = None) -> _Observations:
+def _read_observations(path: Path, progress: Callable[[int], None] | None = None) -> _Observations:
     """Reads and validates observations.parquet in batches (RAM: one batch plus one vector per species)."""
     try:
         parquet = pq.ParquetFile(path)
@@ -276,7 +276,7 @@ def read_observations(path: Path, progress: Callable[[int], None] | None = None)
             else:
                 parts[name].append(_numbers(col))
         taxa = _strings(batch.column("taxon_name"))
-        values, offsets, valid = _flat_lists(batch.column("language_embedding"))
+        values, offsets, valid = flatten_list_column(batch.column("language_embedding"))
         vec_ids = np.full(batch.num_rows, -1, np.int64)
         problem = np.zeros(batch.num_rows, np.int8)  # 0 ok, 1 missing, 2 non-finite
         lengths = np.diff(offsets)
@@ -630,7 +630,7 @@ def _hf_vision_shape(vision_dir: Path, names: list[str]) -> tuple[int, ...]:
             if text:
                 return resolve_vision_shape(parse_original_shape(text))
         first = next(parquet.iter_batches(batch_size=1, columns=["embedding"]))
-        _, offsets, _ = _flat_lists(first.column(0))
+        _, offsets, _ = flatten_list_column(first.column(0))
         if offsets[1] - offsets[0] == math.prod(synthetic.REAL_VISION_SHAPE):
             return synthetic.REAL_VISION_SHAPE
         raise ValueError(
@@ -663,7 +663,7 @@ def _copy_hf_file(
     batch_rows = max(1, _BATCH_BYTES // (math.prod(shape) * 4))
     for batch in _prefetched(parquet.iter_batches(batch_size=batch_rows, columns=columns)):
         ids = _numbers(batch.column("gbif_id"))
-        values, offsets, valid = _flat_lists(batch.column("embedding"))
+        values, offsets, valid = flatten_list_column(batch.column("embedding"))
         texts = batch.column("original_shape").to_pylist() if "original_shape" in columns else None
         copied = 0
         for i, g in enumerate(ids):
@@ -829,7 +829,7 @@ def convert(
 
     obs_path = source / synthetic.HF_OBSERVATIONS_FILE
     meter = _Meter(pq.ParquetFile(obs_path).metadata.num_rows, progress, "observations")
-    obs = read_observations(obs_path, progress=lambda rows: meter.update(rows, 0))
+    obs = _read_observations(obs_path, progress=lambda rows: meter.update(rows, 0))
     meter.close()
     how = "rerun with --skip-bad to convert the rest (the skipped rows are recorded in the manifest)"
     if obs.bad and not skip_bad:
