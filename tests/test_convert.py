@@ -267,7 +267,25 @@ BAD_OBSERVATIONS = {
     "missing_date": (_bad_month, 5),
     "language_conflict": (_conflicting_language, 6),
     "language_shape": (_short_language, 7),
+    "missing_taxon": (lambda rows: _set_field(rows, 8, "taxon_name", None), 8),
+    "missing_language": (lambda rows: _set_field(rows, 9, "language_embedding", None), 9),
+    "language_non_finite": (lambda rows: _set_field(rows, 10, "language_embedding", [float("nan")] * 12), 10),
 }
+
+
+def _set_field(rows, row, name, value):
+    rows[row][name] = value
+    return rows
+
+
+def test_observation_without_id(hf_source, tmp_path):
+    dataset, source = hf_source
+    _edit_observations(source, lambda rows: _set_field(rows, 2, "gbif_id", None))
+    with pytest.raises(convert_lib.ConvertError, match=r"bad_id 1 \(first: \(no id\); row 2 of observations"):
+        convert_lib.convert(source, tmp_path / "a")
+    store = convert_lib.convert(source, tmp_path / "b", skip_bad=True)
+    assert store.num_observations == dataset.num_observations - 1
+    assert store.manifest["skipped"][0]["observation_id"] is None
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_OBSERVATIONS))

@@ -130,7 +130,7 @@ def summarize_bad(bad: list[dict], first: int = 3) -> str:
     parts = []
     for kind in sorted(by_kind, key=lambda k: (-len(by_kind[k]), k)):
         entries = by_kind[kind]
-        shown = ", ".join(str(e["observation_id"] or e["gbif_id"]) for e in entries[:first])
+        shown = ", ".join(e["observation_id"] or "(no id)" for e in entries[:first])
         more = ", ..." if len(entries) > first else ""
         parts.append(f"{kind} {len(entries)} (first: {shown}{more}; {entries[0]['reason']})")
     return f"{len(bad)} bad source row(s): " + "; ".join(parts)
@@ -341,7 +341,7 @@ def _read_observations(path: Path, progress: Callable[[int], None] | None = None
 
     gbif_ok = np.isfinite(gbif_f) & (gbif_f >= 0) & (gbif_f == np.round(gbif_f))
     gbif = np.where(gbif_ok, gbif_f, -1).astype(np.int64)
-    flag(~gbif_ok, "bad_id", lambda i: f"gbif_id {gbif_f[i]}")
+    flag(~gbif_ok, "bad_id", lambda i: f"row {i} of observations.parquet has gbif_id {gbif_f[i]}")
     _, first = np.unique(gbif, return_index=True)
     duplicate = np.ones(n, bool)
     duplicate[first] = False
