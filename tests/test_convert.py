@@ -461,3 +461,36 @@ def test_convert_benchmark_reports_figures(hf_source, tmp_path, capsys):
     assert figures["convert_mb_per_s"] > 0 and figures["ceiling_mb_per_s"] > 0
     assert 20e6 < figures["convert_peak_rss_bytes"] < 2e9
     assert "convert peak RSS" in capsys.readouterr().out
+
+
+_KILL_ON_THIRD_FILE = """
+import os, signal, sys
+from deepearth_jax.data import convert
+real = convert._copy_hf_file
+calls = []
+def copy(*args, **kwargs):
+    calls.append(1)
+    record = real(*args, **kwargs)  # rows written, not yet recorded
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record
+convert._copy_hf_file = copy
+convert.convert(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_sigkilled_conversion_resumes_to_identical_store(hf_source, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    _, source = hf_source
+    clean = convert_lib.convert(source, tmp_path / "clean")
+    out = tmp_path / "killed"
+    result = subprocess.run([sys.executable, "-c", _KILL_ON_THIRD_FILE, str(source), str(out)])
+    assert result.returncode == -signal.SIGKILL
+    manifest = json.loads((out / store_lib.MANIFEST_FILE).read_text())
+    assert manifest["complete"] is False and len(manifest["progress"]["units"]) == 2
+    assert data_main(["verify", str(out)]) == 1
+    assert data_main(["convert", str(source), "--out", str(out)]) == 0
+    assert _data_bytes(clean.path) == _data_bytes(out)
