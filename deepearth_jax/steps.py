@@ -182,9 +182,21 @@ def _device_label_map(label_map: Any, mesh: Mesh) -> jax.Array:
     return jax.device_put(label_map.astype(np.int32), parallel.replicated(mesh))
 
 
-def _train_step_fn(config: Any, graphdef: nnx.GraphDef, label_map: jax.Array) -> Callable:
+def _gather_params(model: nnx.Module, mesh: Mesh) -> None:
+    """Replaces split parameters by full copies for the forward pass (FSDP); their gradient is split back."""
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda p: _constrain(p, parallel.replicated(mesh)), params))
+
+
+def _train_step_fn(config: Any, graphdef: nnx.GraphDef, label_map: jax.Array, mesh: Mesh) -> Callable:
     """The pure single step `(state, metrics, batch) -> (state, metrics)`, not jitted."""
-    loss_fn = make_loss_fn(config)
+    base_loss_fn = make_loss_fn(config)
+    shard_params = bool(config.mesh.get("shard_params", False))
+
+    def loss_fn(model: nnx.Module, batch: Batch, label_map: jax.Array):
+        if shard_params:
+            _gather_params(model, mesh)
+        return base_loss_fn(model, batch, label_map)
 
     def step(state: State, metrics: Metrics, batch: Batch) -> tuple[State, Metrics]:
         train_state = nnx.merge(graphdef, state)
@@ -214,7 +226,7 @@ def make_train_step(
     """
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-    step = _train_step_fn(config, graphdef, _device_label_map(label_map, mesh))
+    step = _train_step_fn(config, graphdef, _device_label_map(label_map, mesh), mesh)
     if steps_per_call > 1:
         single = step
 
@@ -258,6 +270,7 @@ def make_eval_step(
     del state_sharding  # the state arrives with its own sharding; outputs follow the batch
     label_map_device = _device_label_map(label_map, mesh)
     classifier = is_classifier(_model_name(config))
+    shard_params = bool(config.mesh.get("shard_params", False))
     species_language = None
     if not classifier and retrieval_language is not None:
         species_language = jax.device_put(
@@ -267,6 +280,8 @@ def make_eval_step(
     def eval_step(state: State, batch: Batch) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, state).model
         model.eval()
+        if shard_params:
+            _gather_params(model, mesh)
         labels, mask = _labels(batch, label_map_device)
         out = {"labels": labels, "species": jnp.asarray(batch["species"], jnp.int32), "mask": mask}
         if classifier:
@@ -336,7 +351,7 @@ def make_device_epoch(
     shuffled on device; batches are gathered on device (split over the "data" axis) and the steps run in
     `lax.scan`. Same parameters as feeding those batches one by one to `make_train_step`.
     """
-    step = _train_step_fn(config, graphdef, _device_label_map(label_map, mesh))
+    step = _train_step_fn(config, graphdef, _device_label_map(label_map, mesh), mesh)
     batch_size = int(config.batch_size)
     batch_sharding = NamedSharding(mesh, PartitionSpec(parallel.DATA_AXIS))
 
