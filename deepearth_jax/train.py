@@ -35,6 +35,7 @@ from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax.data import pipeline, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.tensorboard import ScalarWriter
 
 log = logging.getLogger("deepearth_jax.train")
 
@@ -524,9 +525,7 @@ class _Writers:
                 if line and json.loads(line)["step"] <= truncate_after
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.tb = ScalarWriter(workdir / "tensorboard")
 
     def write(self, step: int, epoch: float, values: dict) -> None:
         if not self.enabled:
@@ -536,8 +535,7 @@ class _Writers:
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in values.items():
-            self.tb.add_scalar(key, float(value), int(step))
+        self.tb.add_scalars(step, {k: float(v) for k, v in values.items()})
 
     def close(self) -> None:
         if self.tb is not None:
