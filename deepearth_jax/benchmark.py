@@ -19,7 +19,9 @@ BENCHMARKS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deepearth_jax.benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deepearth_jax.benchmark", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, help_text in BENCHMARKS.items():
         module = importlib.import_module(f"deepearth_jax.benchmarks.{name}")

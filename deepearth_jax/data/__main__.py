@@ -12,7 +12,10 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "synth": ("deepearth_jax.data.cli_store", "write a synthetic dataset (HF or dashboard layout, or a store)"),
+    "synth": (
+        "deepearth_jax.data.cli_store",
+        "write a synthetic dataset (HF or dashboard layout, or a store)",
+    ),
     "convert": ("deepearth_jax.data.convert", "convert an HF or dashboard dataset into a store"),
     "verify": ("deepearth_jax.data.cli_store", "re-read a store and check checksums, shapes and values"),
     "info": ("deepearth_jax.data.cli_store", "print a store's counts, shapes, bytes and species"),
@@ -33,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        )
         getattr(module, f"add_{name}_arguments")(sub)
         sub.set_defaults(handler=getattr(module, f"run_{name}"))
     return parser

@@ -39,7 +39,9 @@ def parse_observation_ids(observation_ids: Iterable[str]) -> tuple[np.ndarray, n
 
     Raises ValueError naming the malformed ids (the first few, and how many in all).
     """
-    ids = np.asarray(list(observation_ids) if not isinstance(observation_ids, np.ndarray) else observation_ids)
+    ids = np.asarray(
+        list(observation_ids) if not isinstance(observation_ids, np.ndarray) else observation_ids
+    )
     if ids.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     ids = ids.astype(str)
