@@ -356,3 +356,19 @@ def test_data_benchmark_writes_its_figures(store, tmp_path: Path, capsys, mode):
     assert "ratio" in capsys.readouterr().out
     assert main(["data", "--store", str(tmp_path / "missing")]) == 2
     assert "error: no store at" in capsys.readouterr().err
+
+
+def test_split_copy_equals_a_single_copy(store, monkeypatch):
+    monkeypatch.setattr(pipeline, "_MIN_SPLIT_BYTES", 1)  # split even these tiny batches
+    rows = np.random.default_rng().choice(_rows(store, "multimodal"), 13, replace=False)
+    single = pipeline.BatchReader(store, "multimodal", 13)
+    split = pipeline.BatchReader(store, "multimodal", 13, split=3)
+    assert split.split == 3
+    try:
+        want, got = single.read(rows), split.read(rows)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+        _assert_batch_matches_store(store, got, "multimodal")
+    finally:
+        split.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("batch-copy")]

@@ -6,9 +6,8 @@ Measures, from a warm page cache (every embedding array is read through its memm
   emptied and refilled by a warm-up of its depth plus one batch, so the reads in flight when it starts
   match those when it ends (no head start from a full read-ahead);
 - the ceiling: `np.take(memmap, sorted rows, out=preallocated)` of exactly the rows the pipeline delivered
-  in each stretch, right after it (embedding keys only), on one thread and on as many threads as the
-  pipeline reads with (whole batches in parallel: `min(--threads, read-ahead depth)`); the faster is the
-  ceiling; `ratio` is pipeline / ceiling samples/s;
+  in each stretch, right after it (embedding keys only), on one thread and split over `--threads`
+  threads; the faster is the ceiling; `ratio` is pipeline / ceiling samples/s;
 - anonymous memory (RssAnon, /proc/self/status) before the pipeline and at its peak over one full epoch,
   next to the store's embedding bytes: it should depend on the batch and prefetch sizes, not the store;
 - with an accelerator (or `--device`): the host-to-device copy rate of one batch and the samples/s of
@@ -21,7 +20,6 @@ import argparse
 import concurrent.futures
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -87,37 +85,31 @@ def _time_stretch(batches: pipeline.TrainBatches, runs: int) -> tuple[float, lis
     return time.perf_counter() - start, rows
 
 
-def _time_raw(
-    reader: pipeline.BatchReader, batch_rows: list[np.ndarray], repeats: int, threads: int
-) -> float:
-    """Best seconds to gather the embedding rows of `batch_rows` with np.take into preallocated buffers.
+def _time_raw(reader: pipeline.BatchReader, batch_rows: list[np.ndarray], threads: int) -> float:
+    """Seconds to gather the embedding rows of `batch_rows` with np.take into preallocated buffers.
 
-    With `threads > 1`, whole batches are gathered concurrently, each thread into its own buffers.
+    With `threads > 1`, each batch is copied in `threads` chunks on as many threads.
     """
     index_of = {k: (reader.language_row if k == "language" else reader.vision_row) for k in reader.sources}
     indices = [{k: np.sort(index_of[k][rows]) for k in reader.sources} for rows in batch_rows]
-    local = threading.local()
+    buffers = {k: np.empty((reader.batch_size, *s.shape[1:]), s.dtype) for k, s in reader.sources.items()}
+    bounds = np.linspace(0, reader.batch_size, max(1, min(threads, reader.batch_size)) + 1).astype(int)
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    def gather(batch: dict[str, np.ndarray]) -> None:
-        if not hasattr(local, "buffers"):
-            local.buffers = {
-                k: np.empty((reader.batch_size, *s.shape[1:]), s.dtype) for k, s in reader.sources.items()
-            }
+    def gather(batch: dict[str, np.ndarray], a: int, b: int) -> None:
         for key, source in reader.sources.items():
-            np.take(source, batch[key], axis=0, out=local.buffers[key], mode="clip")
+            np.take(source, batch[key][a:b], axis=0, out=buffers[key][a:b], mode="clip")
 
-    best = float("inf")
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(gather, indices[: max(1, threads)]))  # allocate and fault in each thread's buffers
-        for _ in range(repeats):
-            start = time.perf_counter()
-            if threads <= 1:
-                for batch in indices:
-                    gather(batch)
+    with concurrent.futures.ThreadPoolExecutor(len(spans)) as pool:
+        gather(indices[0], 0, reader.batch_size)  # fault the buffers in before timing
+        start = time.perf_counter()
+        for batch in indices:
+            if len(spans) == 1:
+                gather(batch, 0, reader.batch_size)
             else:
-                list(pool.map(gather, indices))
-            best = min(best, time.perf_counter() - start)
-    return best
+                for future in [pool.submit(gather, batch, a, b) for a, b in spans]:
+                    future.result()
+        return time.perf_counter() - start
 
 
 def _rss_pass(batches: pipeline.TrainBatches) -> int:
@@ -197,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
                 next(batches)
             elapsed, timed_rows = _time_stretch(batches, args.runs)
             pipe_s = min(pipe_s, elapsed)
-            raw1_s = min(raw1_s, _time_raw(reader, timed_rows, 1, 1))
-            rawn_s = min(rawn_s, _time_raw(reader, timed_rows, 1, batches.num_threads))
+            raw1_s = min(raw1_s, _time_raw(reader, timed_rows, 1))
+            rawn_s = min(rawn_s, _time_raw(reader, timed_rows, args.threads))
         rss_peak = rss_before if args.no_rss_pass else _rss_pass(batches)
     finally:
         batches.close()
@@ -215,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "threads": args.threads,
         "reading_threads": batches.num_threads,
+        "copy_threads_per_batch": reader.split,
         "prefetch_batches": batches.prefetch,
         "batch_bytes": reader.batch_bytes,
         "page_cache_warmed_bytes": warm_bytes,
@@ -247,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         f"{r['gb_per_s']:6.2f} GB/s",
         f"raw gather {r['raw_ms_per_batch']:8.1f} ms/batch {r['raw_samples_per_s']:9.1f} samples/s "
         f"{r['raw_gb_per_s']:6.2f} GB/s  (np.take from the memmap, same rows; best of 1 thread "
-        f"{r['raw_1thread_samples_per_s']:.0f}/s and {batches.num_threads} threads "
+        f"{r['raw_1thread_samples_per_s']:.0f}/s and {args.threads} threads "
         f"{r['raw_threads_samples_per_s']:.0f}/s)",
         f"ratio      {r['ratio']:.2f} of the raw gather",
     ]

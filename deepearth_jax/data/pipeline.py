@@ -33,6 +33,7 @@ Padding rows repeat a real example (finite values), so nothing NaN or uninitiali
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -56,6 +57,8 @@ _NEEDS_LANGUAGE = {"language", "multimodal"}
 _POOL_SLACK = 4
 # Beyond this many batches in flight, reading further ahead only costs memory.
 _MAX_PREFETCH = 16
+# Splitting a batch's copy across threads pays off only for chunks of at least this many bytes.
+_MIN_SPLIT_BYTES = 8 << 20
 
 
 def _check_mode(mode: str) -> None:
@@ -145,11 +148,18 @@ class BatchReader:
       mode: one of MODES.
       batch_size: the number of rows of every batch (process-local).
       pool_capacity: how many recycled buffers per embedding key to keep (at least the batches in flight).
+      split: copy one batch's embeddings on this many threads (chunks of at least _MIN_SPLIT_BYTES), so a
+        single large batch in flight still uses several cores; `close()` stops them.
     """
 
-    def __init__(self, store: store_lib.Store, mode: str, batch_size: int, pool_capacity: int = 8):
+    def __init__(
+        self, store: store_lib.Store, mode: str, batch_size: int, pool_capacity: int = 8, split: int = 1
+    ):
         _check_mode(mode)
         self.store, self.mode, self.batch_size = store, mode, int(batch_size)
+        self.split = 1
+        self._copiers: concurrent.futures.ThreadPoolExecutor | None = None
+        self.set_split(split)
         col = store.column
         self.species = np.ascontiguousarray(col("species_index"), dtype=np.int32)
         self.location = np.stack(
@@ -177,6 +187,13 @@ class BatchReader:
             key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
             for key, source in self.sources.items()
         }
+
+    def set_split(self, split: int) -> None:
+        """Copies each batch's embeddings on `split` threads from now on (1: on the calling thread)."""
+        self.close()
+        self.split = max(1, int(split))
+        if self.split > 1:
+            self._copiers = concurrent.futures.ThreadPoolExecutor(self.split, thread_name_prefix="batch-copy")
 
     def set_pool_capacity(self, capacity: int) -> None:
         """Keeps at most `capacity` recycled buffers per embedding key."""
@@ -230,10 +247,36 @@ class BatchReader:
             if index.min() < 0 or index.max() >= source.shape[0]:
                 raise ValueError(f"{key} rows outside [0, {source.shape[0]}) in store {self.store.path}")
             out = self.pools[key].acquire()
-            # mode="clip" after the explicit check: mode="raise" with out= copies through a temporary.
-            np.take(source, index, axis=0, out=out, mode="clip")
+            self._gather(source, index, out)
             batch[key] = out
         return batch
+
+    def _gather(self, source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+        """`out[:] = source[index]` (indices already checked), in up to `split` chunks on the copy threads."""
+        row_bytes = out.nbytes // max(1, len(out))
+        chunks = min(self.split, len(index), max(1, out.nbytes // _MIN_SPLIT_BYTES))
+        copiers = self._copiers
+        if chunks > 1 and copiers is not None and row_bytes > 0:
+            bounds = np.linspace(0, len(index), chunks + 1).astype(int)
+            try:
+                futures = [
+                    copiers.submit(np.take, source, index[a:b], 0, out[a:b], "clip")
+                    for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                ]
+            except RuntimeError:  # closed meanwhile: finish on this thread
+                futures = None
+            if futures is not None:
+                for future in futures:
+                    future.result()
+                return
+        # mode="clip" after the explicit check: mode="raise" with out= copies through a temporary.
+        np.take(source, index, axis=0, out=out, mode="clip")
+
+    def close(self) -> None:
+        """Stops the copy threads (idempotent)."""
+        copiers, self._copiers = self._copiers, None
+        if copiers is not None:
+            copiers.shutdown(wait=True)
 
 
 def _prefetch_count(buffer_bytes: int, batch_bytes: int) -> int:
@@ -304,8 +347,9 @@ class TrainBatches:
             .repeat(None)
             .map_with_index(lambda step, _: self.reader.read(self.rows[self.positions(step)]))
         )
-        # More threads than batches in flight would idle (and Grain warns).
+        # More threads than batches in flight would idle (and Grain warns); the rest split each batch's copy.
         self.num_threads = max(1, min(num_threads, self.prefetch))
+        self.reader.set_split(max(1, num_threads // self.num_threads))
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         self._iterator = dataset.to_iter_dataset(options).__iter__()
         self._identity = {
@@ -369,8 +413,9 @@ class TrainBatches:
         self._iterator.set_state({"next_index": int(state["next_index"])})
 
     def close(self) -> None:
-        """Stops the reading threads and drops pending batches."""
+        """Stops the reading and copy threads and drops pending batches."""
         self._iterator.close()
+        self.reader.close()
 
     def __enter__(self) -> TrainBatches:
         return self
@@ -445,6 +490,8 @@ def eval_batches(
     reader = BatchReader(store, mode, local)
     prefetch = _prefetch_count(buffer_bytes, reader.batch_bytes)
     reader.set_pool_capacity(prefetch + _POOL_SLACK)
+    grain_threads = max(1, min(num_threads, prefetch))
+    reader.set_split(max(1, num_threads // grain_threads))
     n = len(rows)
 
     def read(step: int) -> dict[str, np.ndarray]:
@@ -455,15 +502,16 @@ def eval_batches(
         return reader.read(rows[np.where(mask, positions, 0)], mask)
 
     dataset = grain.MapDataset.range(steps).map(read)
-    options = grain.ReadOptions(num_threads=max(1, min(num_threads, prefetch)), prefetch_buffer_size=prefetch)
-    return _closing(dataset.to_iter_dataset(options).__iter__())
+    options = grain.ReadOptions(num_threads=grain_threads, prefetch_buffer_size=prefetch)
+    return _closing(dataset.to_iter_dataset(options).__iter__(), reader)
 
 
-def _closing(iterator: grain.DatasetIterator) -> Iterator[dict[str, np.ndarray]]:
+def _closing(iterator: grain.DatasetIterator, reader: BatchReader) -> Iterator[dict[str, np.ndarray]]:
     try:
         yield from iterator
     finally:
         iterator.close()
+        reader.close()
 
 
 def device_prefetch(
