@@ -308,7 +308,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start_time = time.time()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
 
     # Hosts and devices.
     parallel.initialize_distributed(
