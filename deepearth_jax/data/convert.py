@@ -995,12 +995,17 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source", type=Path, help="HF dataset directory, or the dashboard's directory (see DATA.md)"
     )
-    p.add_argument("--out", type=Path, required=True, help="store directory to create (or to resume)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="store directory to create; the same command resumes an interrupted conversion",
+    )
     p.add_argument(
         "--dtype",
         choices=("float16", "float32"),
         default="float16",
-        help="vision dtype in the store (default float16, half the bytes; values beyond +-65504 are bad)",
+        help="vision dtype in the store (default float16, half the bytes; rows that overflow it are bad)",
     )
     p.add_argument(
         "--vision-shape",
