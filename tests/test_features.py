@@ -34,6 +34,13 @@ def test_pooled_cache_equals_on_the_fly_pooling(store, batch_rows):
     np.testing.assert_allclose(pooled, _on_the_fly(store.vision), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_jax", [True, False])
+def test_both_reductions_equal_on_the_fly_pooling(store, use_jax):
+    out = np.full((store.vision.shape[0], 8), np.nan, np.float32)
+    features.compute_pooled(store.vision, out, batch_rows=4, use_jax=use_jax)
+    np.testing.assert_allclose(out, _on_the_fly(store.vision), rtol=1e-5, atol=1e-6)
+
+
 def test_cache_is_recorded_with_provenance_and_reused(store, monkeypatch):
     first = np.array(features.pooled_vision(store))
     entry = store_lib.read_manifest(store.path)["features"]["vision_mean"]
