@@ -126,10 +126,14 @@ def summarize(out: dict) -> dict:
         result["retrieval_top1"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=1)
         k = min(5, out["retrieval_top5"].shape[1])
         result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=k)
+    # Classification loss is defined only for species seen in training (label >= 0).
+    seen = out["labels"] >= 0 if ("labels" in out and "top5" in out) else np.ones(len(out["row"]), bool)
     for key, value in out.items():
         # Per-example losses (loss, recon_vision, vision_to_language, ...) are averaged.
         if value.ndim == 1 and value.dtype.kind == "f":
-            result[key] = float(np.mean(value))
+            selected = value[seen] if key == "loss" else value
+            if len(selected):
+                result[key] = float(np.mean(selected))
     return result
 
 

@@ -197,6 +197,22 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     )
 
 
+DEVICE_EPOCH_MODES = ("language", "vision_pooled")
+
+
+def device_training_data(config: ml_collections.ConfigDict, data: Data, mesh) -> dict:
+    """The whole training set on device, replicated (for `device_epochs`): species and the mode's input."""
+    store, rows = data.store, data.train_rows
+    host = {"species": store.column("species_index")[rows].astype(np.int32)}
+    if config.mode == "language":
+        host["language"] = np.asarray(store.language[store.column("language_row")[rows]], np.float32)
+    else:
+        from deepearth_jax.data import features
+
+        host["vision_pooled"] = np.asarray(features.pooled_vision(store)[store.column("vision_row")[rows]])
+    return jax.device_put(host, parallel.replicated(mesh))
+
+
 def species_language(store: store_lib.Store) -> np.ndarray | None:
     """`(num_store_species, L)` float32: row s is the language vector of store species s (for retrieval)."""
     if store.language is None:
@@ -342,7 +358,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         buffer_bytes=config.data.buffer_mb << 20,
     )
     steps_per_epoch = batches.steps_per_epoch
+    if config.device_epochs:
+        if config.mode not in DEVICE_EPOCH_MODES:
+            raise TrainError(
+                f"device_epochs needs inputs that fit on the device: mode {' or '.join(DEVICE_EPOCH_MODES)}, "
+                f"not {config.mode}"
+            )
+        # Whole epochs on device keep every example (the last batch padded and masked).
+        steps_per_epoch = math.ceil(len(data.train_rows) / config.batch_size)
     total_steps = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
+    if config.device_epochs:
+        total_steps = math.ceil(total_steps / steps_per_epoch) * steps_per_epoch
     log.info(
         "data: %d train / %d test examples, %d classes, %d steps per epoch, %d steps",
         len(data.train_rows),
@@ -401,89 +427,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 f"workdir {workdir} was trained with another species map (another store or split)"
             )
         state, data_state, _ = checkpointer.restore(latest, state)
-        batches.set_state(data_state)
+        if not config.device_epochs:
+            batches.set_state(data_state)
         step = latest
         if is_main:
             print(f"resuming from step {step} in {workdir}", flush=True)
 
     writer = _Writers(workdir, is_main, truncate_after=step)
-    metrics = steps.init_metrics(config, mesh)
-    last_log_time, last_log_step, paused = time.time(), step, 0.0
-    last_saved = latest
     bar = _progress_bar(is_main, total_steps, step)
-    summary: dict = {}
-    stopped = False
     try:
         with _Stopper() as stopper:
-            for k, calls in feed_plan(step, total_steps, config.steps_per_call):
-                feed = StatefulBatches(batches, device_keys(config.mode), k, calls)
-                sharding = parallel.batch_sharding(mesh) if k == 1 else parallel.stacked_batch_sharding(mesh)
-                device_batches = pipeline.device_prefetch(
-                    iter(feed), sharding, depth=config.data.device_prefetch
+            book = _Bookkeeper(
+                config,
+                mesh,
+                steps_per_epoch,
+                total_steps,
+                evaluator,
+                checkpointer,
+                writer,
+                meta,
+                bar,
+                stopper,
+                step,
+            )
+            metrics = steps.init_metrics(config, mesh)
+            if config.device_epochs:
+                train_data = device_training_data(config, data, mesh)
+                epoch_fn = steps.make_device_epoch(
+                    config, graphdef, label_map, mesh=mesh, state_sharding=state_sharding
                 )
-                for batch in device_batches:
-                    data_state = feed.consumed()
-                    state, metrics = step_fns[k](state, metrics, batch)
-                    previous, step = step, step + k
-                    epoch = step / steps_per_epoch
-                    crossed = _crossing(previous, step)
-                    at_epoch_end = step // steps_per_epoch != previous // steps_per_epoch
-                    final_step = step >= total_steps
-                    if crossed(config.log_every_steps) or at_epoch_end or final_step:
-                        train = steps.summarize_metrics(jax.device_get(metrics))
-                        metrics = steps.init_metrics(config, mesh)
-                        if not all(math.isfinite(v) for v in train.values()):
-                            raise TrainError(
-                                f"non-finite training metrics at step {step} ({train}); "
-                                "last good checkpoint: "
-                                f"step {last_saved if last_saved is not None else 'none'} in "
-                                f"{checkpointer.directory}"
-                            )
-                        now = time.time()
-                        busy = now - last_log_time - paused  # evals and checkpoint saves are not training
-                        rate = (step - last_log_step) * config.batch_size / max(busy, 1e-9)
-                        last_log_time, last_log_step, paused = now, step, 0.0
-                        writer.write(
-                            step,
-                            epoch,
-                            {f"train/{name}": v for name, v in train.items()} | {"train/samples_per_s": rate},
-                        )
-                        if bar is not None:
-                            bar.set_postfix(
-                                epoch=f"{epoch:.2f}",
-                                loss=f"{train.get('loss', float('nan')):.4f}",
-                                samples_s=f"{rate:,.0f}",
-                            )
-                    eval_now = (
-                        crossed(config.eval_every_steps) if config.eval_every_steps > 0 else at_epoch_end
+                epoch_key = jax.random.key(config.seed)
+                while step < total_steps:
+                    epoch_index = step // steps_per_epoch
+                    state, metrics = epoch_fn(
+                        state, metrics, train_data, jax.random.fold_in(epoch_key, epoch_index)
                     )
-                    pause_start = time.time()
-                    eval_metrics = evaluator.evaluate(state) if (eval_now or final_step) else None
-                    if eval_metrics is not None:
-                        writer.write(step, epoch, eval_metrics)
-                    if (
-                        crossed(config.checkpoint_every_steps)
-                        or eval_metrics is not None
-                        or stopper.requested
-                        or final_step
-                    ):
-                        meta["step"], meta["epoch"] = step, epoch
-                        checkpointer.save(
-                            step, state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
-                        )
-                        last_saved = step
-                    paused += time.time() - pause_start
-                    if bar is not None:
-                        bar.update(step - previous)
-                    if stopper.requested:
-                        stopped = True
+                    previous, step = step, step + steps_per_epoch
+                    metrics, stop = book.after(
+                        state, metrics, previous, step, {"device_epoch": epoch_index + 1}
+                    )
+                    if stop:
                         break
-                if stopped:
-                    break
+            else:
+                stop = False
+                for k, calls in feed_plan(step, total_steps, config.steps_per_call):
+                    feed = StatefulBatches(batches, device_keys(config.mode), k, calls)
+                    sharding = (
+                        parallel.batch_sharding(mesh) if k == 1 else parallel.stacked_batch_sharding(mesh)
+                    )
+                    for batch in pipeline.device_prefetch(
+                        iter(feed), sharding, depth=config.data.device_prefetch
+                    ):
+                        state, metrics = step_fns[k](state, metrics, batch)
+                        previous, step = step, step + k
+                        metrics, stop = book.after(state, metrics, previous, step, feed.consumed())
+                        if stop:
+                            break
+                    if stop:
+                        break
         checkpointer.wait()
-        if stopped and is_main:
+        if stopper.requested and is_main:
             print(f"SIGTERM: saved step {step} in {checkpointer.directory}; rerun to resume", flush=True)
-        checkpointer.wait()
         summary = _finish(config, workdir, data, state, checkpointer, writer, step, total_steps, start_time)
     finally:
         if bar is not None:
@@ -492,6 +496,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpointer.close()
         writer.close()
     return summary
+
+
+class _Bookkeeper:
+    """After each call of the step function: logs train metrics, evaluates and checkpoints when due."""
+
+    def __init__(
+        self,
+        config,
+        mesh,
+        steps_per_epoch,
+        total_steps,
+        evaluator,
+        checkpointer,
+        writer,
+        meta,
+        bar,
+        stopper,
+        step,
+    ):
+        self.config, self.mesh, self.steps_per_epoch, self.total_steps = (
+            config,
+            mesh,
+            steps_per_epoch,
+            total_steps,
+        )
+        self.evaluator, self.checkpointer, self.writer, self.meta = evaluator, checkpointer, writer, meta
+        self.bar, self.stopper = bar, stopper
+        self.last_saved = checkpointer.latest_step()
+        self.last_log_time, self.last_log_step, self.paused = time.time(), step, 0.0
+
+    def after(self, state, metrics, previous: int, step: int, data_state: dict) -> tuple[dict, bool]:
+        """Returns the (possibly reset) metric sums and whether to stop (SIGTERM)."""
+        config = self.config
+        epoch = step / self.steps_per_epoch
+        crossed = _crossing(previous, step)
+        at_epoch_end = step // self.steps_per_epoch != previous // self.steps_per_epoch
+        final_step = step >= self.total_steps
+        if crossed(config.log_every_steps) or at_epoch_end or final_step:
+            metrics = self._log(metrics, step, epoch)
+        pause_start = time.time()
+        eval_now = crossed(config.eval_every_steps) if config.eval_every_steps > 0 else at_epoch_end
+        eval_metrics = self.evaluator.evaluate(state) if (eval_now or final_step) else None
+        if eval_metrics is not None:
+            self.writer.write(step, epoch, eval_metrics)
+        stop = self.stopper.requested
+        if crossed(config.checkpoint_every_steps) or eval_metrics is not None or stop or final_step:
+            self.meta["step"], self.meta["epoch"] = step, epoch
+            self.checkpointer.save(
+                step, state, data_state=data_state, meta=self.meta, metrics=eval_metrics, force=True
+            )
+            self.last_saved = step
+        self.paused += time.time() - pause_start
+        if self.bar is not None:
+            self.bar.update(step - previous)
+        return metrics, stop
+
+    def _log(self, metrics, step: int, epoch: float):
+        train = steps.summarize_metrics(jax.device_get(metrics))
+        if not all(math.isfinite(v) for v in train.values()):
+            raise TrainError(
+                f"non-finite training metrics at step {step} ({train}); last good checkpoint: step "
+                f"{self.last_saved if self.last_saved is not None else 'none'} "
+                f"in {self.checkpointer.directory}"
+            )
+        now = time.time()
+        busy = now - self.last_log_time - self.paused  # evals and checkpoint saves are not training
+        rate = (step - self.last_log_step) * self.config.batch_size / max(busy, 1e-9)
+        self.last_log_time, self.last_log_step, self.paused = now, step, 0.0
+        self.writer.write(
+            step, epoch, {f"train/{k}": v for k, v in train.items()} | {"train/samples_per_s": rate}
+        )
+        if self.bar is not None:
+            loss = train.get("loss", float("nan"))
+            self.bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
+        return steps.init_metrics(self.config, self.mesh)
 
 
 def _crossing(previous: int, step: int):

@@ -100,6 +100,25 @@ def test_k_steps_per_call_gives_the_same_parameters(tiny_data, tmp_path):
     assert sums[0] == sums[1]
 
 
+def test_device_epochs_train_whole_epochs_on_device(tiny_data, tmp_path):
+    store, split = tiny_data
+    config = tiny_config("language", store, split, device_epochs="true", num_epochs=3)
+    summary = train_lib.train_and_evaluate(config, tmp_path / "w")
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["epoch"] for r in train_rows] == [1.0, 2.0, 3.0]
+    # Every training example once per epoch: the padded last batch is masked, not dropped.
+    opened = store_lib.open_store(store)
+    n_train = len(split_lib.load_split(split).rows(opened, "train"))
+    assert all(r["train/count"] == n_train for r in train_rows)
+    assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
+    assert summary["complete"]
+    with pytest.raises(train_lib.TrainError, match="device_epochs needs"):
+        train_lib.train_and_evaluate(
+            tiny_config("attentive_probe", store, split, device_epochs="true"), tmp_path / "x"
+        )
+
+
 def _wait_for_checkpoint(workdir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
