@@ -336,6 +336,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = parallel.make_mesh(config.mesh.data)
     if is_main:
         print(parallel.describe(mesh), flush=True)
+    # The mesh is the context of every jit, sharding and collective of the run.
+    with jax.set_mesh(mesh):
+        return _run(config, workdir, mesh, start_time)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: float) -> dict:
+    """The run inside `jax.set_mesh(mesh)`: data, model, restore, loop, reports."""
+    is_main = jax.process_index() == 0
     parallel.check_global_batch(config.batch_size, mesh)
     if config.steps_per_call < 1:
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
