@@ -198,3 +198,59 @@ def test_bad_input_gives_one_line_errors(tiny_data, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, (extra, err)
         assert err[-1].startswith("error: ") and message in err[-1], (extra, err[-1])
+
+
+def test_bad_data_fails_before_compiling(tiny_data, tmp_path):
+    store, split = tiny_data
+    opened = store_lib.open_store(store)
+    # A split naming ids the store lacks.
+    other = make_synthetic_store(
+        tmp_path / "other", observations=300, species=6, vision_shape=(1, 1, 1, 4), language_dim=4, seed=11
+    )
+    foreign = tmp_path / "foreign.json"
+    split_lib.write_split(split_lib.make_split(other, num_regions=1, seed=0), foreign)
+    with pytest.raises(ValueError, match=r"names \d+ observation id\(s\) that store .* lacks"):
+        train_lib.train_and_evaluate(tiny_config("vision", store, foreign), tmp_path / "w1")
+
+    # An empty training set.
+    payload = json.loads(split.read_text())
+    for mapping in payload["observation_mappings"].values():
+        mapping["split"], mapping["split_reason"] = "test", "temporal_test"
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(payload))
+    with pytest.raises(train_lib.TrainError, match="training set is empty"):
+        train_lib.train_and_evaluate(tiny_config("vision", store, empty), tmp_path / "w2")
+
+    # A vision mode on a store without vision embeddings.
+    writer = store_lib.StoreWriter(
+        tmp_path / "novision",
+        num_vision_rows=0,
+        vision_shape=None,
+        num_language_rows=opened.language.shape[0],
+        language_dim=opened.language.shape[1],
+        provenance={"source_layout": "test"},
+    )
+    writer.language[:] = opened.language
+    import pyarrow as pa
+
+    table = opened.observations.set_column(
+        opened.observations.schema.get_field_index("vision_row"),
+        "vision_row",
+        pa.array(np.full(opened.num_observations, -1, np.int64)),
+    )
+    writer.finalize(table, opened.species)
+    with pytest.raises(train_lib.TrainError, match="needs vision embeddings"):
+        train_lib.train_and_evaluate(tiny_config("vision", tmp_path / "novision", split), tmp_path / "w3")
+    # ... while the language model trains on it.
+    config = tiny_config("language", tmp_path / "novision", split, num_steps=1)
+    assert train_lib.train_and_evaluate(config, tmp_path / "w4")["steps"] == 1
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_data, tmp_path):
+    store, split = tiny_data
+    config = tiny_config("vision", store, split, num_steps=20, log_every_steps=2)
+    config.optimizer.lr = 1e30
+    with pytest.raises(
+        train_lib.TrainError, match=r"non-finite training metrics at step \d+.*last good checkpoint"
+    ):
+        train_lib.train_and_evaluate(config, tmp_path / "w")
