@@ -1,7 +1,8 @@
 """Optimizers from `config.optimizer`: Adam/AdamW, constant/cosine schedule, warmup, clipping, accumulation.
 
 Fields: `name` (adam | adamw), `lr`, `weight_decay`, `schedule` (constant | cosine), `warmup_steps`,
-`grad_clip` (global-norm clip, 0 = off), `accumulate_steps` (optax.MultiSteps, 1 = off).
+`grad_clip` (global-norm clip, 0 = off), `accumulate_steps` (optax.MultiSteps, 1 = off); optional `eps`
+(Adam's epsilon, default 1e-8 as in PyTorch).
 
 `adam` with weight_decay > 0 adds L2 to the gradient before Adam (PyTorch's `Adam(weight_decay=...)`);
 `adamw` decays decoupled from the gradient (PyTorch's `AdamW`), on kernels only (arrays of rank >= 2), not on
@@ -56,6 +57,7 @@ def make_optimizer(opt_config: Any, total_steps: int) -> optax.GradientTransform
     weight_decay = float(opt_config.get("weight_decay", 0.0))
     grad_clip = float(opt_config.get("grad_clip", 0.0))
     accumulate = int(opt_config.get("accumulate_steps", 1))
+    eps = float(opt_config.get("eps", 1e-8))
     if weight_decay < 0 or grad_clip < 0:
         raise ValueError(
             f"optimizer weight_decay and grad_clip must be >= 0, got {weight_decay}, {grad_clip}"
@@ -69,9 +71,9 @@ def make_optimizer(opt_config: Any, total_steps: int) -> optax.GradientTransform
     if name == "adam":
         if weight_decay > 0:
             parts.append(optax.add_decayed_weights(weight_decay))
-        parts.append(optax.adam(schedule))
+        parts.append(optax.adam(schedule, eps=eps))
     else:
-        parts.append(optax.adamw(schedule, weight_decay=weight_decay, mask=_kernels_only))
+        parts.append(optax.adamw(schedule, eps=eps, weight_decay=weight_decay, mask=_kernels_only))
     tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
     if accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate).gradient_transformation()

@@ -176,10 +176,12 @@ def make_loss_fn(config: Any) -> Callable[[nnx.Module, Batch, jax.Array], tuple[
 
 
 def _device_label_map(label_map: Any, mesh: Mesh) -> jax.Array:
-    label_map = np.asarray(label_map)
-    if label_map.ndim != 1 or not np.issubdtype(label_map.dtype, np.integer):
+    """The label map replicated on the mesh; a device array is moved device-side (no host round trip)."""
+    if not isinstance(label_map, jax.Array):
+        label_map = np.asarray(label_map)
+    if label_map.ndim != 1 or not jnp.issubdtype(label_map.dtype, jnp.integer):
         raise ValueError(f"label_map must be a 1-D integer array, got {label_map.dtype} {label_map.shape}")
-    return jax.device_put(label_map.astype(np.int32), parallel.replicated(mesh))
+    return jax.device_put(label_map.astype(jnp.int32), parallel.replicated(mesh))
 
 
 def _gather_params(model: nnx.Module, mesh: Mesh) -> None:
@@ -273,9 +275,9 @@ def make_eval_step(
     shard_params = bool(config.mesh.get("shard_params", False))
     species_language = None
     if not classifier and retrieval_language is not None:
-        species_language = jax.device_put(
-            np.asarray(retrieval_language, np.float32), parallel.replicated(mesh)
-        )
+        if not isinstance(retrieval_language, jax.Array):
+            retrieval_language = np.asarray(retrieval_language)
+        species_language = jax.device_put(retrieval_language.astype(jnp.float32), parallel.replicated(mesh))
 
     def eval_step(state: State, batch: Batch) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, state).model

@@ -106,7 +106,9 @@ def test_attentive_probe_equals_plain_multihead_attention():
     model = AttentiveProbeClassifier(d, 6, hidden=(), num_heads=heads, num_queries=3, rngs=nnx.Rngs(7))
     tokens = rng.standard_normal((2, 2, 3, 4, d)).astype(np.float32)
     got = forward(model, {"vision": tokens})
-    np.testing.assert_allclose(got, nnx.jit(plain_attention, static_argnums=2)(model, tokens, heads), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, nnx.jit(plain_attention, static_argnums=2)(model, tokens, heads), rtol=1e-5, atol=1e-5
+    )
 
 
 def plain_attention(model: AttentiveProbeClassifier, tokens: jax.Array, heads: int) -> jax.Array:

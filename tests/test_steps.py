@@ -82,13 +82,20 @@ def mesh():
     return parallel.make_mesh(1)
 
 
-def test_k_steps_per_call_equal_k_calls(mesh):
+@pytest.fixture(scope="module")
+def language(mesh):
+    """(config, graphdef, initial state, state sharding, K=1 step) shared by tests: compiled once."""
     config = make_config()  # dropout on: the RNG stream must advance identically
+    graphdef, initial, sharding = setup(config, mesh)
+    one = steps.make_train_step(config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding)
+    return config, graphdef, initial, sharding, one
+
+
+def test_k_steps_per_call_equal_k_calls(mesh, language):
+    config, graphdef, initial, sharding, one = language
     rng = np.random.default_rng()
     batches = random_batch(rng, 4)
-    graphdef, initial, sharding = setup(config, mesh)
     state_a, state_b = copy(initial), copy(initial)
-    one = steps.make_train_step(config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding)
     four = steps.make_train_step(
         config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding, steps_per_call=4
     )
@@ -106,8 +113,8 @@ def test_k_steps_per_call_equal_k_calls(mesh):
         four(state_b, metrics_b, random_batch(rng, 3))
 
 
-def test_device_epoch_equals_the_same_batches_step_by_step(mesh):
-    config = make_config()
+def test_device_epoch_equals_the_same_batches_step_by_step(mesh, language):
+    config, graphdef, initial, sharding, one = language
     rng = np.random.default_rng()
     n = 21  # 3 batches of 8, the last one padded
     data = {
@@ -115,7 +122,6 @@ def test_device_epoch_equals_the_same_batches_step_by_step(mesh):
         "language": rng.standard_normal((n, L)).astype(np.float32),
     }
     key = jax.random.key(int(rng.integers(1 << 30)))
-    graphdef, initial, sharding = setup(config, mesh)
     state_a, state_b, state_c = copy(initial), copy(initial), copy(initial)
     epoch = steps.make_device_epoch(config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding)
     device_data = jax.device_put(data, parallel.replicated(mesh))
@@ -124,7 +130,6 @@ def test_device_epoch_equals_the_same_batches_step_by_step(mesh):
     index, valid = (np.asarray(a) for a in steps.epoch_batches(key, n, 8))
     assert index.shape == (3, 8) and valid.sum() == n
     assert sorted(index[valid].tolist()) == list(range(n))  # every example exactly once
-    one = steps.make_train_step(config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding)
     metrics_b = steps.init_metrics(config)
     for rows, ok in zip(index, valid, strict=True):
         batch = {k: v[rows] for k, v in data.items()}
@@ -157,10 +162,9 @@ def test_padding_and_unlabelled_rows_contribute_nothing(mesh):
     np.testing.assert_allclose(results[0][1]["loss"], results[1][1]["loss"], rtol=1e-6)
 
 
-def test_eval_step_outputs_match_numpy(mesh):
-    config = make_config()
+def test_eval_step_outputs_match_numpy(mesh, language):
+    config, graphdef, state, sharding, _ = language
     rng = np.random.default_rng()
-    graphdef, state, sharding = setup(config, mesh, seed=int(rng.integers(1000)))
     batch = random_batch(rng, b=10)
     batch["species"][:2] = [5, 6]
     batch["mask"][-1] = False

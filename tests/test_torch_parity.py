@@ -15,7 +15,11 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 
 from deepearth_jax import parallel, steps  # noqa: E402
-from deepearth_jax.benchmarks.step import copy_weights_to_torch, torch_reference_model  # noqa: E402
+from deepearth_jax.benchmarks.step import (  # noqa: E402
+    copy_weights_to_torch,
+    torch_optimizer,
+    torch_reference_model,
+)
 
 L, D, C, B = 40, 24, 9, 16
 VISION = (2, 3, 3, D)
@@ -35,6 +39,9 @@ def make_config(
                 "warmup_steps": 0,
                 "grad_clip": 0.0,
                 "accumulate_steps": 1,
+                # Adam divides by sqrt(v) + eps: with PyTorch's 1e-8 a gradient that cancels to ~1e-9 turns
+                # summation-order noise into a full lr-sized step; 1e-4 keeps the comparison well conditioned.
+                "eps": 1e-4,
             },
             "batch_size": B,
             "mode": "language" if name == "language_classifier" else "vision",
@@ -83,7 +90,7 @@ def test_forward_outputs_agree(name):
 
 @pytest.mark.parametrize(
     ("name", "weight_decay"),
-    [("language_classifier", 0.0), ("vision_classifier", 0.0), ("language_classifier", 0.1)],
+    [("language_classifier", 0.1), ("vision_classifier", 0.0)],  # 0.1: Adam's L2 weight decay too
 )
 def test_ten_adam_steps_agree(name, weight_decay):
     """The trainer's real jitted step (dropout off) against torch.optim.Adam on the same 10 batches."""
@@ -95,7 +102,8 @@ def test_ten_adam_steps_agree(name, weight_decay):
     )
     reference = torch_reference_model(config, {"language": L, "vision": D}, C)
     copy_weights_to_torch(nnx.merge(graphdef, state).model, reference)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, weight_decay=weight_decay)
+    optimizer = torch_optimizer(config, reference.parameters())
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["eps"] == 1e-4
     label_map = np.arange(C, dtype=np.int32)
     train_step = steps.make_train_step(
         config, graphdef, label_map, mesh=mesh, state_sharding=steps.state_sharding_of(state)

@@ -141,9 +141,10 @@ def torch_optimizer(config: Any, params):
     import torch
 
     opt = config.optimizer
+    eps = float(opt.get("eps", 1e-8))
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(params, lr=opt.lr, eps=eps, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, eps=eps, weight_decay=opt.weight_decay)
 
 
 def copy_weights_to_torch(jax_model, torch_model) -> None:
