@@ -7,6 +7,9 @@ architecture is the original's: Linear -> ReLU -> Dropout twice, then Linear to 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ml_collections
 import numpy as np
 import pytest
@@ -134,3 +137,40 @@ def test_ten_adam_steps_agree(name, weight_decay):
         )
     # The parameters moved by about 10 * lr: agreement is not the trivial "nothing changed".
     assert np.abs(np.asarray(model.mlp.head.bias[...]) - bias_before).max() > 1e-2
+
+
+def test_step_benchmark_cli_writes_rows(tmp_path, capsys):
+    from deepearth_jax import benchmark
+
+    out = tmp_path / "rows.json"
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    argv = [
+        "step",
+        "--config",
+        f"{configs}/language.py:tiny",
+        "--batch-sizes",
+        "4",
+        "--steps-per-call",
+        "1,3",
+    ]
+    argv += ["--compare-torch", "--min-time", "0.05", "--num-classes", "6", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["batch_size"], r["steps_per_call"]) for r in rows] == [(4, 1), (4, 3)]
+    for row in rows:
+        assert set(row) == {
+            "batch_size",
+            "steps_per_call",
+            "us_per_step",
+            "samples_per_s",
+            "compile_s",
+            "torch_us_per_step",
+            "ratio",
+        }
+        assert row["us_per_step"] > 0 and row["torch_us_per_step"] > 0 and row["compile_s"] > 0
+        np.testing.assert_allclose(row["ratio"], row["torch_us_per_step"] / row["us_per_step"], rtol=1e-2)
+        np.testing.assert_allclose(row["samples_per_s"], 4 / row["us_per_step"] * 1e6, rtol=1e-2)
+    capsys.readouterr()
+    argv = ["step", "--config", f"{configs}/attentive_probe.py:tiny", "--compare-torch", "--min-time", "0.05"]
+    assert benchmark.main(argv) == 2
+    assert "error: no PyTorch reference for model 'attentive_probe'" in capsys.readouterr().err

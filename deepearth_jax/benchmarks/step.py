@@ -59,6 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"classes C (default {DEFAULT_NUM_CLASSES})",
     )
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="config override, repeatable: --set mode=vision --set demo.vision_shape=(8,24,24,1408)",
+    )
+    p.add_argument(
+        "--max-batch-gb",
+        type=float,
+        default=4.0,
+        help="skip settings whose K stacked batches exceed this (4)",
+    )
+    p.add_argument(
         "--min-time", type=float, default=2.0, help="seconds of timed steps per setting (default 2)"
     )
 
@@ -104,25 +117,84 @@ def random_batch(config: Any, dims: dict[str, Any], batch_size: int, num_species
 # --- PyTorch reference (the original DeepEarth models, DATA.md section 4) ---------------------------------
 
 
+TORCH_REFERENCES = ("language_classifier", "vision_classifier", "mae")
+
+
+def _torch_mlp(in_features: int, hidden, out_features: int, dropout: float):
+    from torch import nn
+
+    layers, width = [], in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, out_features))
+
+
+def _torch_mae(config: Any, input_dims: dict[str, Any]):
+    """The MAE of `deepearth_jax.models.mae` in PyTorch (same layers, masks and losses), for timing."""
+    import torch
+    from torch import nn
+
+    m = config.model
+    shared, hidden, dropout = int(m.shared_dim), tuple(m.hidden), float(m.dropout)
+    vision_dim, language_dim, ratio = input_dims["vision"], input_dims["language"], float(m.mask_ratio)
+
+    def encoder(n):
+        return nn.Sequential(nn.Linear(n, shared), nn.LayerNorm(shared), nn.ReLU())
+
+    def masked_mse(recon, target, masked):
+        weight = torch.where(masked.any(-1, keepdim=True), masked, torch.ones_like(masked)).float()
+        return (weight * (recon - target) ** 2).sum(-1) / weight.sum(-1)
+
+    def cosine_distance(a, b):
+        return 1 - nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-6)
+
+    class MAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_encoder, self.language_encoder = encoder(vision_dim), encoder(language_dim)
+            self.vision_decoder = _torch_mlp(shared, hidden, vision_dim, dropout)
+            self.language_decoder = _torch_mlp(shared, hidden, language_dim, dropout)
+            self.vision_to_language = _torch_mlp(shared, hidden, shared, dropout)
+            self.language_to_vision = _torch_mlp(shared, hidden, shared, dropout)
+
+        def forward(self, batch: dict) -> torch.Tensor:
+            if "vision_pooled" in batch:
+                vision = batch["vision_pooled"]
+            else:
+                vision = batch["vision"].float().mean((1, 2, 3))
+            language = batch["language"]
+            vm, lm = torch.rand_like(vision) < ratio, torch.rand_like(language) < ratio
+            zv = self.vision_encoder(vision.masked_fill(vm, 0))
+            zl = self.language_encoder(language.masked_fill(lm, 0))
+            with torch.no_grad():
+                tv, tl = self.vision_encoder(vision), self.language_encoder(language)
+            loss = masked_mse(self.vision_decoder(zv), vision, vm)
+            loss = loss + masked_mse(self.language_decoder(zl), language, lm)
+            loss = loss + cosine_distance(self.vision_to_language(zv), tl)
+            loss = loss + cosine_distance(self.language_to_vision(zl), tv)
+            return loss.mean()
+
+    return MAE()
+
+
 def torch_reference_model(config: Any, input_dims: dict[str, Any], num_classes: int):
-    """The original's PyTorch classifier for `config.model` (language_classifier or vision_classifier)."""
+    """The PyTorch reference for `config.model`: the original's classifiers (DATA.md section 4), or the MAE
+    (whose forward returns its mean loss)."""
     import torch
     from torch import nn
 
     name = config.model.name
-    if name not in ("language_classifier", "vision_classifier"):
-        raise ValueError(f"no PyTorch reference for model {name!r} (language_classifier, vision_classifier)")
+    if name not in TORCH_REFERENCES:
+        raise ValueError(f"no PyTorch reference for model {name!r} (have: {', '.join(TORCH_REFERENCES)})")
+    if name == "mae":
+        return _torch_mae(config, input_dims)
     in_features = input_dims["language" if name == "language_classifier" else "vision"]
-    layers, width = [], in_features
-    for h in config.model.hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(float(config.model.dropout))]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
 
     class Reference(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(*layers)
+            self.net = _torch_mlp(in_features, config.model.hidden, num_classes, float(config.model.dropout))
 
         def forward(self, batch: dict) -> torch.Tensor:
             if name == "language_classifier":
@@ -188,7 +260,8 @@ def _time_torch_once(config, dims, num_classes, batch_size, min_time) -> float:
     host = random_batch(config, dims, batch_size, num_classes)
     batch = {k: torch.from_numpy(v) for k, v in host.items()}
     labels = batch["species"].long()
-    loss_fn = torch.nn.CrossEntropyLoss()
+    cross_entropy = torch.nn.CrossEntropyLoss()
+    loss_fn = (lambda out, _: out) if config.model.name == "mae" else cross_entropy
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -265,8 +338,18 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
 
 def run(args: argparse.Namespace) -> int:
     from deepearth_jax import parallel
+    from deepearth_jax.config_utils import apply_overrides
 
     config = load_config(args.config)
+    overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[field] = value
+    if overrides:
+        config.unlock()
+        config = apply_overrides(config, overrides)
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
     if args.min_time <= 0:
@@ -303,7 +386,11 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"torch {torch.__version__} {torch_device}: {torch_us:.1f} us/step, {torch_threads} threads"
             )
+        batch_gb = sum(v.nbytes for v in random_batch(config, dims, batch_size, 1).values()) / 2**30
         for k in args.steps_per_call:
+            if batch_gb * k > args.max_batch_gb:
+                print(f"{batch_size:>6} {k:>5} skipped: {k} batches of {batch_gb:.2f} GiB > --max-batch-gb")
+                continue
             compile_s, us = _time_jax(config, dims, args.num_classes, batch_size, k, args.min_time, mesh)
             row = {
                 "batch_size": batch_size,
