@@ -30,7 +30,7 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deepearth_jax.data",
-        description="Build, check and split DeepEarth stores (memory-mapped embeddings + observation tables).",
+        description="Build, check and split DeepEarth stores (memory-mapped embeddings, observation tables).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
