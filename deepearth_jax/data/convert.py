@@ -43,10 +43,8 @@ import hashlib
 import logging
 import math
 import os
-import queue
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ import pyarrow.parquet as pq
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data import synthetic
+from deepearth_jax.data.background import background_iter
 
 log = logging.getLogger(__name__)
 
@@ -549,40 +548,7 @@ def _prefetched(batches: Iterator, depth: int = 1) -> Iterator:
 
     pyarrow decodes the next batch (without the GIL) while the caller casts and writes the current one.
     """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(("batch", batch)):
-                    return
-            put(("done", None))
-        except BaseException as e:  # handed to the consumer, which raises it
-            put(("error", e))
-
-    thread = threading.Thread(target=produce, name="convert-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = slots.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    return background_iter(batches, depth, name="convert-prefetch")
 
 
 def _hf_plan(source: Path, obs: _Observations, vision_shape: tuple[int, ...] | None) -> _VisionPlan:

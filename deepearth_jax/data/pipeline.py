@@ -37,7 +37,6 @@ import concurrent.futures
 import hashlib
 import logging
 import os
-import queue
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +46,7 @@ import grain
 import numpy as np
 
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.data.background import background_iter
 
 log = logging.getLogger(__name__)
 
@@ -526,50 +526,10 @@ def device_prefetch(
     """
     import jax
 
-    if depth < 1:
-        raise ValueError(f"prefetch depth must be at least 1, got {depth}")
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    def place(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for batch in batches:
-                placed = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-                del batch
-                if not put(placed):
-                    return
-            put(done)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            put(e)
-
-    thread = threading.Thread(target=work, name="device-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                slots.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        thread.join()
+    return background_iter(batches, depth, transform=place, name="device-prefetch")
 
 
 def get_training_batch(
