@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from deepearth_jax.cli import run_command, setup_logging
 
 BENCHMARKS = {
     "data": "input pipeline vs a raw np.memmap gather of the same rows (samples/s, GB/s)",
@@ -33,15 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from deepearth_jax.data.store import StoreError
-
-    try:
-        return int(args.handler(args) or 0)
-    except (StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    setup_logging()
+    return run_command(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

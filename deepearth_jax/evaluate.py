@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import parallel, plots, steps
+from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.train import TrainError, prepare_data, species_language
 
@@ -210,18 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         help="best (by the config's best_metric, default), latest, or a step number",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    for noisy in ("absl", "jax", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
+    setup_logging(timestamps=True)
+
+    def command() -> int:
         evaluate_workdir(args.workdir, args.split, args.checkpoint)
-    except (TrainError, store_lib.StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(command, (TrainError,))
 
 
 if __name__ == "__main__":

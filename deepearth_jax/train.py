@@ -32,6 +32,7 @@ from flax import nnx
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import config_utils, parallel, steps
 from deepearth_jax import evaluation as evaluation_lib
+from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.data import pipeline, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
@@ -446,17 +447,17 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
     try:
         with _Stopper() as stopper:
             book = _Bookkeeper(
-                config,
-                mesh,
-                steps_per_epoch,
-                total_steps,
-                evaluator,
-                checkpointer,
-                writer,
-                meta,
-                bar,
-                stopper,
-                step,
+                config=config,
+                mesh=mesh,
+                steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps,
+                evaluator=evaluator,
+                checkpointer=checkpointer,
+                writer=writer,
+                meta=meta,
+                bar=bar,
+                stopper=stopper,
+                step=step,
             )
             metrics = steps.init_metrics(config, mesh)
             if config.device_epochs:
@@ -506,33 +507,25 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
     return summary
 
 
+@dataclasses.dataclass
 class _Bookkeeper:
     """After each call of the step function: logs train metrics, evaluates and checkpoints when due."""
 
-    def __init__(
-        self,
-        config,
-        mesh,
-        steps_per_epoch,
-        total_steps,
-        evaluator,
-        checkpointer,
-        writer,
-        meta,
-        bar,
-        stopper,
-        step,
-    ):
-        self.config, self.mesh, self.steps_per_epoch, self.total_steps = (
-            config,
-            mesh,
-            steps_per_epoch,
-            total_steps,
-        )
-        self.evaluator, self.checkpointer, self.writer, self.meta = evaluator, checkpointer, writer, meta
-        self.bar, self.stopper = bar, stopper
-        self.last_saved = checkpointer.latest_step()
-        self.last_log_time, self.last_log_step, self.paused = time.time(), step, 0.0
+    config: ml_collections.ConfigDict
+    mesh: object
+    steps_per_epoch: int
+    total_steps: int
+    evaluator: evaluation_lib.Evaluator
+    checkpointer: checkpoint_lib.Checkpointer
+    writer: _Writers
+    meta: dict
+    bar: object
+    stopper: _Stopper
+    step: int  # where this run starts
+
+    def __post_init__(self):
+        self.last_saved = self.checkpointer.latest_step()
+        self.last_log_time, self.last_log_step, self.paused = time.time(), self.step, 0.0
 
     def after(self, state, metrics, previous: int, step: int, data_state: dict) -> tuple[dict, bool]:
         """Returns the (possibly reset) metric sums and whether to stop (SIGTERM)."""
@@ -695,14 +688,7 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
             parser.error(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
         key, _, value = item[len("--config.") :].partition("=")
         overrides[key] = value
-    # force: absl (imported by our dependencies) has already configured the root logger.
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    for noisy in ("absl", "jax", "orbax"):  # their INFO lines bury ours
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    setup_logging(args.verbose, timestamps=True)
     config = config_utils.load_config(args.config)
     config_utils.apply_overrides(config, overrides)
     workdir = (
@@ -713,17 +699,12 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        config, workdir = parse_args(argv)
-        train_and_evaluate(config, workdir)
-    except (TrainError, store_lib.StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (the last checkpoint is kept; rerun to resume)", file=sys.stderr)
-        return 130
-    return 0
+
+    def command() -> int:
+        train_and_evaluate(*parse_args(argv))
+        return 0
+
+    return run_command(command, (TrainError,), "interrupted (the last checkpoint is kept; rerun to resume)")
 
 
 if __name__ == "__main__":

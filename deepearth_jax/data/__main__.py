@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 # subcommand -> (module, one-line help)
@@ -47,20 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    from deepearth_jax.data.store import StoreError
+    from deepearth_jax.cli import run_command, setup_logging
 
-    try:
-        return int(args.handler(args) or 0)
-    except (CliError, StoreError, ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    setup_logging(args.verbose)
+    return run_command(lambda: args.handler(args), (CliError,))
 
 
 if __name__ == "__main__":

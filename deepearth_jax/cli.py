@@ -1,0 +1,42 @@
+"""What every command line of the project shares: user errors become one line and exit status 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from deepearth_jax.data.store import StoreError
+
+# Errors that mean bad input (a path, a file, a flag), not a bug: shown as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (StoreError, ValueError, KeyError, FileNotFoundError)
+
+
+def run_command(
+    command: Callable[[], int | None],
+    extra_errors: tuple[type[BaseException], ...] = (),
+    interrupted: str = "interrupted",
+) -> int:
+    """Runs `command`; returns its status, 2 after a user error (printed as `error: ...`), 130 on Ctrl-C."""
+    try:
+        return int(command() or 0)
+    except (*USER_ERRORS, *extra_errors) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130
+
+
+def setup_logging(verbose: bool = False, timestamps: bool = False) -> None:
+    """INFO (DEBUG with verbose) for our loggers; absl, jax and orbax only from WARNING unless verbose."""
+    fmt = (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if timestamps
+        else "%(levelname)s %(name)s: %(message)s"
+    )
+    # force: absl (imported by our dependencies) has already configured the root logger.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, force=True)
+    for noisy in ("absl", "jax", "orbax"):  # their INFO lines bury ours
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
