@@ -74,9 +74,8 @@ def make_mesh(data: int = -1, devices: Sequence[jax.Device] | None = None) -> Me
     n = len(devices) if data in (-1, 0, None) else int(data)
     if n < 1 or n > len(devices):
         raise ValueError(f"mesh.data={data} but {len(devices)} device(s) are available")
-    if n == len(jax.devices()) and devices == list(jax.devices()):
-        return jax.make_mesh((n,), (DATA_AXIS,), devices=devices)
-    return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
+    # The same axis types (jax.make_mesh's default) whether the mesh spans all devices or a subset.
+    return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
