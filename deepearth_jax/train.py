@@ -439,7 +439,12 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         if not config.device_epochs:
             batches.set_state(data_state)
         step = latest
-        if is_main:
+        if is_main and step >= total_steps:
+            print(
+                f"already trained: step {step} of {total_steps} in {workdir}; rewriting the report",
+                flush=True,
+            )
+        elif is_main:
             print(f"resuming from step {step} in {workdir}", flush=True)
 
     writer = _Writers(workdir, is_main, truncate_after=step)

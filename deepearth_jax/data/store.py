@@ -96,6 +96,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=False)
             f.write("\n")
