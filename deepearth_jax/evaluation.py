@@ -99,6 +99,7 @@ class Evaluator:
             if len(part["row"]) == 0:
                 return
             result.update({f"{name}/{k}": v for k, v in summarize(part).items()})
+            result[f"{name}/count"] = float(len(part["row"]))
 
         add(prefix)
         for group in sorted(set(groups.tolist())):
@@ -109,7 +110,6 @@ class Evaluator:
             if unseen.any():
                 add(f"{prefix}/unseen_species", unseen)
                 add(f"{prefix}/seen_species", ~unseen)
-        result[f"{prefix}/count"] = float(len(out["row"]))
         return result
 
 

@@ -254,3 +254,25 @@ def test_non_finite_loss_stops_with_the_step(tiny_data, tmp_path):
         train_lib.TrainError, match=r"non-finite training metrics at step \d+.*last good checkpoint"
     ):
         train_lib.train_and_evaluate(config, tmp_path / "w")
+
+
+def test_block_cv_fold_is_the_test_set(tiny_data, tmp_path):
+    store, _ = tiny_data
+    opened = store_lib.open_store(store)
+    folds_path = tmp_path / "folds.json"
+    payload = split_lib.make_split(opened, num_regions=1, folds=3, block_km=15.0, buffer_km=2.0, seed=0)
+    split_lib.write_split(payload, folds_path)
+    split = split_lib.load_split(folds_path)
+    for fold in (0, 2):
+        config = tiny_config("vision", store, folds_path, num_steps=2, fold=fold)
+        train_lib.train_and_evaluate(config, tmp_path / f"w{fold}")
+        rows = [
+            json.loads(line) for line in (tmp_path / f"w{fold}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        final = [r for r in rows if "test/count" in r][-1]
+        test_rows = split.rows(opened, "test", fold=fold)
+        train_rows = split.rows(opened, "train", fold=fold)
+        assert not set(test_rows.tolist()) & set(train_rows.tolist())
+        usable = test_rows[opened.column("vision_row")[test_rows] >= 0]
+        assert final["test/count"] == len(usable)
+        assert final["test/fold/count"] == len(usable)  # every test row is reported under its fold reason
