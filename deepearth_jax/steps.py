@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -151,7 +150,10 @@ def _classifier_loss(model: nnx.Module, batch: Batch, label_map: jax.Array) -> t
     logits = model(_model_inputs(batch)).astype(jnp.float32)
     labels, mask = _labels(batch, label_map)
     weight = (mask & (labels >= 0)).astype(jnp.float32)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    # One-hot rather than a gather: the gather's gradient is a scatter whose output sharding is ambiguous
+    # under explicit mesh axes (jax >= 0.12 refuses it inside the on-device epoch).
+    one_hot = jax.nn.one_hot(jnp.maximum(labels, 0), logits.shape[-1], dtype=logits.dtype)
+    per_example = -jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
     count = jnp.sum(weight)
     loss_sum = jnp.sum(per_example * weight)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * weight
