@@ -48,6 +48,16 @@ class Evaluator:
             else np.zeros(0, object)
         )
         self.reason_of_row = dict(zip(self.rows.tolist(), reasons.tolist(), strict=True))
+        # Per-row reason groups, looked up with searchsorted at each evaluation (no per-example Python).
+        order = np.argsort(self.rows, kind="stable")
+        self._sorted_rows = self.rows[order]
+        self._sorted_groups = np.asarray([reason_group(r) for r in reasons.tolist()], dtype=object)[order]
+
+    def groups_of(self, rows: np.ndarray) -> np.ndarray:
+        """The reason group (temporal, spatial, fold, ...) of each of `rows` (all from this subset)."""
+        if len(rows) == 0:
+            return np.zeros(0, object)
+        return self._sorted_groups[np.searchsorted(self._sorted_rows, rows)]
 
     def run(self, state) -> EvalResult:
         """Evaluates `state` on every example of the subset once."""
@@ -90,7 +100,7 @@ class Evaluator:
     def reduce(self, out: dict) -> dict:
         """Per-example outputs -> `{"<subset>/<metric>": value, "<subset>/<group>/<metric>": ...}`."""
         prefix = self.subset
-        groups = np.asarray([reason_group(self.reason_of_row.get(int(r), "unknown")) for r in out["row"]])
+        groups = self.groups_of(out["row"])
         labels = out.get("labels")
         result: dict[str, float] = {}
 
