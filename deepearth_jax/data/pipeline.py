@@ -296,12 +296,38 @@ def _check_batching(num_rows: int, global_batch_size: int, process_index: int, p
     return global_batch_size // process_count
 
 
+def _threaded_reader(
+    store: store_lib.Store, mode: str, local_batch: int, num_threads: int, buffer_bytes: int
+) -> tuple[BatchReader, int, int]:
+    """A BatchReader with its buffer pool sized for the read-ahead: `(reader, grain_threads, prefetch)`.
+
+    More Grain threads than batches in flight would idle (and Grain warns); the rest split each batch's copy.
+    """
+    reader = BatchReader(store, mode, local_batch)
+    prefetch = _prefetch_count(buffer_bytes, reader.batch_bytes)
+    reader.set_pool_capacity(prefetch + _POOL_SLACK)
+    grain_threads = max(1, min(num_threads, prefetch))
+    reader.set_split(max(1, num_threads // grain_threads))
+    return reader, grain_threads, prefetch
+
+
 def _rows_fingerprint(rows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class TrainBatches:
-    """An infinite iterator over epochs of process-local training batches (see `train_batches`).
+    """Infinite, shuffled, process-sharded training batches of observation table `rows` (see the module doc).
+
+    Args:
+      store: an opened store.
+      rows: `(N,)` observation table rows to train on; pass them through `usable_rows` first.
+      mode: one of MODES (decides the embedding keys).
+      global_batch_size: examples per step over all processes (divisible by process_count).
+      seed: shuffle seed in [0, 2**32); epoch e is the permutation of numpy's Generator seeded `[seed, e]`.
+      process_index, process_count: this JAX process and how many there are.
+      num_threads: reading threads (memmap copies release the GIL).
+      buffer_bytes: bytes of batches read ahead (at least one batch); the consumer's own batches come on top.
+      start_epoch: begin at this epoch's first batch.
 
     Attributes:
       steps_per_epoch: global batches per epoch, `len(rows) // global_batch_size` (the remainder is dropped;
@@ -336,9 +362,9 @@ class TrainBatches:
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {seed}")
         self.mode, self.global_batch_size, self.seed = mode, int(global_batch_size), int(seed)
-        self.reader = BatchReader(store, mode, local)
-        self.prefetch = _prefetch_count(buffer_bytes, self.reader.batch_bytes)
-        self.reader.set_pool_capacity(self.prefetch + _POOL_SLACK)
+        self.reader, self.num_threads, self.prefetch = _threaded_reader(
+            store, mode, local, num_threads, buffer_bytes
+        )
         self._process_index, self._process_count = process_index, process_count
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
@@ -347,9 +373,6 @@ class TrainBatches:
             .repeat(None)
             .map_with_index(lambda step, _: self.reader.read(self.rows[self.positions(step)]))
         )
-        # More threads than batches in flight would idle (and Grain warns); the rest split each batch's copy.
-        self.num_threads = max(1, min(num_threads, self.prefetch))
-        self.reader.set_split(max(1, num_threads // self.num_threads))
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         self._iterator = dataset.to_iter_dataset(options).__iter__()
         self._identity = {
@@ -424,44 +447,8 @@ class TrainBatches:
         self.close()
 
 
-def train_batches(
-    store: store_lib.Store,
-    rows: np.ndarray,
-    *,
-    mode: str,
-    global_batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    num_threads: int = 4,
-    buffer_bytes: int = 512 << 20,
-    start_epoch: int = 0,
-) -> TrainBatches:
-    """Infinite, shuffled, process-sharded training batches of observation table `rows` (see the module doc).
-
-    Args:
-      store: an opened store.
-      rows: `(N,)` observation table rows to train on; pass them through `usable_rows` first.
-      mode: one of MODES (decides the embedding keys).
-      global_batch_size: examples per step over all processes (divisible by process_count).
-      seed: shuffle seed in [0, 2**32); epoch e is the permutation of numpy's Generator seeded `[seed, e]`.
-      process_index, process_count: this JAX process and how many there are.
-      num_threads: reading threads (memmap copies release the GIL).
-      buffer_bytes: bytes of batches read ahead (at least one batch); the consumer's own batches come on top.
-      start_epoch: begin at this epoch's first batch.
-    """
-    return TrainBatches(
-        store,
-        rows,
-        mode=mode,
-        global_batch_size=global_batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=num_threads,
-        buffer_bytes=buffer_bytes,
-        start_epoch=start_epoch,
-    )
+# `train_batches(store, rows, *, mode, global_batch_size, seed, ...)`: the name the trainer calls.
+train_batches = TrainBatches
 
 
 def eval_batches(
@@ -487,11 +474,7 @@ def eval_batches(
     if len(rows) == 0:
         raise ValueError("no rows to evaluate")
     steps = -(-len(rows) // global_batch_size)
-    reader = BatchReader(store, mode, local)
-    prefetch = _prefetch_count(buffer_bytes, reader.batch_bytes)
-    reader.set_pool_capacity(prefetch + _POOL_SLACK)
-    grain_threads = max(1, min(num_threads, prefetch))
-    reader.set_split(max(1, num_threads // grain_threads))
+    reader, grain_threads, prefetch = _threaded_reader(store, mode, local, num_threads, buffer_bytes)
     n = len(rows)
 
     def read(step: int) -> dict[str, np.ndarray]:
