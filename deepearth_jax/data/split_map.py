@@ -26,6 +26,19 @@ FOLD_COLORS = (
 ).split()
 
 
+def _legend_below(ax, handles) -> None:
+    """The map's legend, in three columns under the axes."""
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.07),
+        ncol=3,
+        fontsize=9,
+        markerscale=2.0,
+        frameon=False,
+    )
+
+
 def _columns(payload: dict) -> dict[str, np.ndarray]:
     entries = list(payload["observation_mappings"].values())
     cols = {
@@ -256,15 +269,7 @@ def _holdout(fig, gs, payload: dict, cols: dict) -> None:
     buffer_km = float(payload["split_strategy"].get("spatial_split", {}).get("buffer_km", 0.0) or 0.0)
     if buffer_km > 0:
         handles.append(Line2D([], [], color=REGION_COLOR, lw=1.2, ls="--", label=f"buffer {buffer_km:g} km"))
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.07),
-        ncol=3,
-        fontsize=9,
-        markerscale=2.0,
-        frameon=False,
-    )
+    _legend_below(ax, handles)
     near = stats.get("nearest_train_distance_km", {}).get("spatial_test", {})
     if near.get("count"):
         ax.set_title(
@@ -385,15 +390,7 @@ def _folds(fig, gs, payload: dict, cols: dict) -> None:
     )
     if payload["test_spatial_regions"]:
         handles.append(Line2D([], [], color="black", lw=1.0, ls="--", label="holdout test regions (Rk)"))
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.07),
-        ncol=3,
-        fontsize=9,
-        markerscale=2.0,
-        frameon=False,
-    )
+    _legend_below(ax, handles)
     ax.set_title(
         f"Blocks of {cv['block_km']:g} km in {k_folds} folds; for fold k, training excludes points within "
         f"{cv['buffer_km']:g} km of fold k's blocks",
