@@ -86,8 +86,6 @@ class Evaluator:
             outputs = to_host(self.eval_step(state, batch))
             outputs = {k: np.asarray(v) for k, v in outputs.items()}
             outputs["row"] = host_rows[i] if jax.process_count() == 1 else _global_rows(host_rows[i])
-            outputs["mask"] = np.asarray(to_host(batch["mask"]))
-            outputs["species"] = np.asarray(to_host(batch["species"]))
             collected.append(outputs)
         merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
         keep = merged.pop("mask").astype(bool)

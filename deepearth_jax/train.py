@@ -351,10 +351,6 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
 
     # Data.
     data = prepare_data(config, workdir)
-    if config.mode == "vision_pooled":
-        from deepearth_jax.data import features
-
-        features.pooled_vision(data.store)
     batches = pipeline.train_batches(
         data.store,
         data.train_rows,
