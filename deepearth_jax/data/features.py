@@ -41,6 +41,19 @@ def _vision_checksums(store: store_lib.Store) -> dict:
         raise ValueError(f"store {store.path} has no vision checksums in its manifest") from None
 
 
+# Cache files already hashed by this process: every batch reader (one per evaluation) asks again.
+_VERIFIED: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file, or None when it is missing."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def _fresh_cache(store: store_lib.Store) -> np.ndarray | None:
     """The cached `(N_vision, D)` memmap when it is recorded, derived from the current vision and intact."""
     entry = store.manifest.get("features", {}).get(VISION_MEAN)
@@ -51,9 +64,11 @@ def _fresh_cache(store: store_lib.Store) -> np.ndarray | None:
     if entry.get("derived_from", {}).get("vision") != _vision_checksums(store):
         log.info("pooled vision cache %s is stale (vision changed): rebuilding", path)
         return None
-    if not path.is_file() or store_lib.file_sha256(path) != entry.get("sha256"):
+    key, stamp = (str(path.absolute()), str(entry.get("sha256"))), _stamp(path)
+    if stamp is None or (_VERIFIED.get(key) != stamp and store_lib.file_sha256(path) != entry.get("sha256")):
         log.info("pooled vision cache %s is missing or damaged: rebuilding", path)
         return None
+    _VERIFIED[key] = stamp  # hashed once per process while the file stays untouched
     cached = np.load(path, mmap_mode="r", allow_pickle=False)
     if cached.shape != expected or cached.dtype != np.float32:
         log.info("pooled vision cache %s has shape %s %s: rebuilding", path, cached.shape, cached.dtype)
