@@ -1,13 +1,54 @@
-"""Shared fixtures: tiny synthetic source datasets (HF and dashboard layouts) in tmp_path."""
+"""Shared fixtures: tiny synthetic source datasets (HF and dashboard layouts) in tmp_path, and test seeds.
+
+Every random input is drawn from `test_seed()`, which is fixed by default so that the suite gives the same
+result every run. `DEEPEARTH_TEST_SEED=random python -m pytest` (or `=N`) explores other seeds; the seed is
+printed in the header and beside every failure, and `DEEPEARTH_TEST_SEED=N` replays it.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deepearth_jax.data import synthetic
+
+
+def _base_seed() -> int:
+    text = os.environ.get("DEEPEARTH_TEST_SEED", "0").strip()
+    if text == "random":
+        return secrets.randbelow(1 << 30)
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"DEEPEARTH_TEST_SEED must be an integer or 'random', got {text!r}") from None
+
+
+BASE_SEED = _base_seed()
+
+
+def test_seed(salt: str = "") -> int:
+    """A seed fixed by BASE_SEED, the running test's id and `salt`: different per test, equal every run."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    return (BASE_SEED * 1_000_003 + zlib.crc32(f"{current}|{salt}".encode())) % (1 << 30)
+
+
+test_seed.__test__ = False  # a helper, not a test
+
+
+def pytest_report_header(config) -> str:
+    return f"deepearth_jax test seed: DEEPEARTH_TEST_SEED={BASE_SEED}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        report.sections.append(("test seed", f"replay with DEEPEARTH_TEST_SEED={BASE_SEED}"))
+    return report
 
 
 def small_dataset(
@@ -16,6 +57,7 @@ def small_dataset(
     vision_shape: tuple[int, int, int, int] = (2, 2, 3, 8),
     language_dim: int = 12,
     seed: int = 0,
+    vision_fraction: float = 0.9,
 ) -> synthetic.SyntheticDataset:
     """A synthetic dataset of a few KB (vision rows of 96 values, language vectors of 12)."""
     return synthetic.SyntheticDataset(
@@ -25,6 +67,7 @@ def small_dataset(
             vision_shape=vision_shape,
             language_dim=language_dim,
             seed=seed,
+            vision_fraction=vision_fraction,
         )
     )
 
@@ -32,12 +75,12 @@ def small_dataset(
 @pytest.fixture
 def hf_source(tmp_path: Path) -> tuple[synthetic.SyntheticDataset, Path]:
     """(dataset, directory) of a tiny HF-layout dataset, fresh per test."""
-    dataset = small_dataset(seed=int(np.random.default_rng().integers(1 << 30)))
+    dataset = small_dataset(seed=test_seed())
     return dataset, synthetic.write_hf(dataset, tmp_path / "hf")
 
 
 @pytest.fixture
 def dashboard_source(tmp_path: Path) -> tuple[synthetic.SyntheticDataset, Path]:
     """(dataset, directory) of a tiny dashboard-layout dataset, fresh per test."""
-    dataset = small_dataset(seed=int(np.random.default_rng().integers(1 << 30)))
+    dataset = small_dataset(seed=test_seed())
     return dataset, synthetic.write_dashboard(dataset, tmp_path / "dash")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import test_seed
 
 from deepearth_jax.data import features
 from deepearth_jax.data import store as store_lib
@@ -12,7 +13,7 @@ from deepearth_jax.data.synthetic import make_synthetic_store
 
 @pytest.fixture
 def store(tmp_path):
-    seed = int(np.random.default_rng().integers(1 << 30))
+    seed = test_seed()
     return make_synthetic_store(
         tmp_path / f"s{seed}",
         observations=60,
@@ -61,7 +62,7 @@ def test_stale_cache_is_rebuilt_after_the_vision_changes(store):
     features.pooled_vision(store)
     # What a re-conversion would do: new vision values and their checksums in the manifest.
     vision = np.load(store.path / store_lib.VISION_FILE, mmap_mode="r+")
-    vision[0] = np.random.default_rng().normal(size=vision.shape[1:]).astype(vision.dtype)
+    vision[0] = np.random.default_rng(test_seed()).normal(size=vision.shape[1:]).astype(vision.dtype)
     vision.flush()
     del vision
     sums, _ = store_lib.array_checksums(store.path / store_lib.VISION_FILE)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import test_seed
 
 from deepearth_jax.data import ids
 
@@ -7,7 +8,7 @@ MALFORMED = ["12_0", "abc_1", "1_2_3", "-5_1", "", "12", "_1", "12_", "012_1", "
 
 
 def test_make_and_parse_round_trip():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     gbif = rng.integers(0, 5_000_000_000, 50)
     index = rng.integers(1, 20, 50)
     made = ids.make_observation_ids(gbif, index)

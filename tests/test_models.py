@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import test_seed
 from flax import nnx
 
 from deepearth_jax.models import create_model, is_classifier
@@ -55,7 +56,7 @@ def test_classifiers_return_logits(name):
 
 
 def test_linear_init_matches_pytorch_default():
-    seed = int(np.random.default_rng().integers(1 << 30))
+    seed = test_seed()
     model = create_model(
         model_config("language_classifier", hidden=(256, 128)),
         input_dims={"language": 512},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import test_seed
 
 from deepearth_jax.data import pipeline
 from deepearth_jax.data.synthetic import make_synthetic_store
@@ -16,7 +17,7 @@ from deepearth_jax.data.synthetic import make_synthetic_store
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
-    seed = int(np.random.default_rng().integers(1 << 30))
+    seed = test_seed()
     path = tmp_path_factory.mktemp("pipeline") / f"store-seed{seed}"
     return make_synthetic_store(
         path, observations=200, species=10, vision_shape=(2, 3, 3, 8), language_dim=16, seed=seed
@@ -131,7 +132,7 @@ def test_process_shards_are_disjoint_and_cover_the_global_batch(store, process_c
 
 def test_resume_from_saved_state_yields_the_identical_remaining_sequence(store):
     rows = _rows(store)
-    kwargs = dict(mode="multimodal", global_batch_size=8, seed=int(np.random.default_rng().integers(1000)))
+    kwargs = dict(mode="multimodal", global_batch_size=8, seed=test_seed())
     with pipeline.train_batches(store, rows, **kwargs) as batches:
         _take(batches, batches.steps_per_epoch - 2)  # the rest crosses an epoch boundary
         state = json.loads(json.dumps(batches.get_state()))
@@ -170,7 +171,7 @@ def test_set_state_refuses_another_pipeline(store):
 
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_evaluation_yields_every_row_exactly_once_in_fixed_shapes(store, process_count):
-    rows = np.random.default_rng().permutation(_rows(store))[:37]
+    rows = np.random.default_rng(test_seed()).permutation(_rows(store))[:37]
     global_batch = 8
     seen, shapes = [], set()
     for p in range(process_count):
@@ -315,7 +316,7 @@ def test_device_prefetch_raises_source_errors():
 
 def test_get_training_batch_returns_the_ids_in_order(store, tmp_path: Path):
     vision_row = store.column("vision_row")
-    chosen = np.random.default_rng().permutation(np.flatnonzero(vision_row >= 0))[:5]
+    chosen = np.random.default_rng(test_seed()).permutation(np.flatnonzero(vision_row >= 0))[:5]
     ids = store.observation_ids[chosen].tolist()
     batch = pipeline.get_training_batch(store.path, ids)  # a path works as well as an opened store
     assert batch["observation_ids"] == ids
@@ -360,7 +361,7 @@ def test_data_benchmark_writes_its_figures(store, tmp_path: Path, capsys, mode):
 
 def test_split_copy_equals_a_single_copy(store, monkeypatch):
     monkeypatch.setattr(pipeline, "_MIN_SPLIT_BYTES", 1)  # split even these tiny batches
-    rows = np.random.default_rng().choice(_rows(store, "multimodal"), 13, replace=False)
+    rows = np.random.default_rng(test_seed()).choice(_rows(store, "multimodal"), 13, replace=False)
     single = pipeline.BatchReader(store, "multimodal", 13)
     split = pipeline.BatchReader(store, "multimodal", 13, split=3)
     assert split.split == 3

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import test_seed
 from geographiclib.geodesic import Geodesic
 
 from deepearth_jax.data import geo
@@ -14,7 +15,7 @@ from deepearth_jax.data import split as split_lib
 from deepearth_jax.data.__main__ import main
 from deepearth_jax.data.synthetic import make_synthetic_store
 
-SEED = int(np.random.default_rng().integers(1000))
+SEED = test_seed("test_split module")
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +396,7 @@ def test_store_without_coordinates_or_dates(store):
 
 
 def test_balance_blocks_tolerance():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     for _ in range(20):
         counts = rng.integers(1, 300, rng.integers(5, 60))
         k = int(rng.integers(2, 6))

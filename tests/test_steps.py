@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import test_seed
 from flax import nnx
 
 from deepearth_jax import optim, parallel, steps
@@ -93,7 +94,7 @@ def language(mesh):
 
 def test_k_steps_per_call_equal_k_calls(mesh, language):
     config, graphdef, initial, sharding, one = language
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     batches = random_batch(rng, 4)
     state_a, state_b = copy(initial), copy(initial)
     four = steps.make_train_step(
@@ -115,7 +116,7 @@ def test_k_steps_per_call_equal_k_calls(mesh, language):
 
 def test_device_epoch_equals_the_same_batches_step_by_step(mesh, language):
     config, graphdef, initial, sharding, one = language
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     n = 21  # 3 batches of 8, the last one padded
     data = {
         "species": rng.integers(0, S, n).astype(np.int32),
@@ -144,7 +145,7 @@ def test_device_epoch_equals_the_same_batches_step_by_step(mesh, language):
 
 def test_padding_and_unlabelled_rows_contribute_nothing(mesh):
     config = make_config(dropout=0.0)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     clean = random_batch(rng, b=6)
     clean["species"] = rng.integers(0, 5, 6).astype(np.int32)  # all labelled
     noisy = {k: np.concatenate([v, random_batch(rng, b=4)[k]]) for k, v in clean.items()}
@@ -164,7 +165,7 @@ def test_padding_and_unlabelled_rows_contribute_nothing(mesh):
 
 def test_eval_step_outputs_match_numpy(mesh, language):
     config, graphdef, state, sharding, _ = language
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     batch = random_batch(rng, b=10)
     batch["species"][:2] = [5, 6]
     batch["mask"][-1] = False

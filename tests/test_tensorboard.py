@@ -4,6 +4,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import test_seed
 
 from deepearth_jax.tensorboard import ScalarWriter, crc32c, read_scalars
 
@@ -14,7 +15,7 @@ def test_crc32c_check_value():
 
 
 def test_scalars_round_trip(tmp_path):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     values = {f"test/m{i}": float(np.float32(rng.normal())) for i in range(5)}
     writer = ScalarWriter(tmp_path)
     writer.add_scalars(7, values)

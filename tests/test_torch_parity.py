@@ -13,6 +13,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+from conftest import test_seed
 from flax import nnx
 
 torch = pytest.importorskip("torch")
@@ -68,7 +69,7 @@ def torch_inputs(batch: dict[str, np.ndarray]) -> dict:
 
 @pytest.mark.parametrize("name", ["language_classifier", "vision_classifier"])
 def test_forward_outputs_agree(name):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     config = make_config(name, dropout=0.3)
     graphdef, state = steps.create_train_state(
         config,
@@ -97,7 +98,7 @@ def test_forward_outputs_agree(name):
 )
 def test_ten_adam_steps_agree(name, weight_decay):
     """The trainer's real jitted step (dropout off) against torch.optim.Adam on the same 10 batches."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(test_seed())
     config = make_config(name, dropout=0.0, lr=1e-2, weight_decay=weight_decay)
     mesh = parallel.make_mesh(1)
     graphdef, state = steps.create_train_state(

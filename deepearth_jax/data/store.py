@@ -21,17 +21,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepearth_jax import __version__
+from deepearth_jax.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +90,6 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_manifest(path: str | os.PathLike) -> dict:
     """Reads a store's manifest.json; raises StoreError when it is missing or not a store manifest."""
     path = Path(path)
@@ -140,15 +122,6 @@ def update_manifest(path: str | os.PathLike, update: Callable[[dict], None]) -> 
 
 # ----------------------------------------------------------------------------------------------------------
 # Checksums
-
-
-def file_sha256(path: Path, block: int = 8 << 20) -> str:
-    """SHA-256 of a whole file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def rows_per_chunk(row_bytes: int) -> int:

@@ -1,0 +1,82 @@
+"""Small file helpers every part of the package shares: atomic JSON, hashing, one progress bar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Writes JSON to `path` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:
+    """SHA-256 of a whole file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _NoBar:
+    """Stands in for a progress bar when none is shown, so callers never test for None."""
+
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(
+    total: int,
+    desc: str,
+    *,
+    enabled: bool = True,
+    unit: str = "row",
+    initial: int = 0,
+    unit_scale: bool = False,
+    mininterval: float = 0.5,
+):
+    """A tqdm bar on stderr when `enabled` and there is work; otherwise a silent stand-in.
+
+    Only command-line entry points pass `enabled=True`; library code stays quiet.
+    """
+    if not enabled or total <= 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit_scale,
+        dynamic_ncols=True,
+        mininterval=mininterval,
+        file=sys.stderr,
+    )
