@@ -272,6 +272,7 @@ def test_optimizer_schedule_accumulation_clip_and_errors():
 
 SHARDED_SCRIPT = textwrap.dedent(
     """
+    import sys; sys.path.insert(0, "tests")  # conftest, for test_seed
     import jax, numpy as np
     from deepearth_jax import parallel, steps
     from tests.test_steps import LABEL_MAP, make_config, random_batch
