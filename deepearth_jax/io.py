@@ -80,3 +80,12 @@ def progress_bar(
         mininterval=mininterval,
         file=sys.stderr,
     )
+
+
+def format_bytes(n: float) -> str:
+    """`1234567` -> `"1.2 MB"` (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
