@@ -32,13 +32,24 @@ import pyarrow as pa
 
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.data.sources import (  # noqa: F401  (the layouts, re-exported for tests and benchmarks)
+    DASHBOARD_INDEX_FILE,
+    DASHBOARD_MMAP_FILE,
+    HF_OBSERVATIONS_FILE,
+    HF_VISION_DIR,
+    HF_VISION_INDEX_FILE,
+    REAL_LANGUAGE_DIM,
+    REAL_VISION_SHAPE,
+    original_shape_text,
+    parse_shape,
+)
+from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
+from deepearth_jax.io import progress_bar
 
 log = logging.getLogger(__name__)
 
 FLORIDA_BOX = {"south": 28.033, "north": 28.978, "west": -81.934, "east": -80.902}
 FIRST_YEAR, LAST_YEAR = 2010, 2025
-REAL_VISION_SHAPE = (8, 24, 24, 1408)
-REAL_LANGUAGE_DIM = 7168
 
 _GENERA = (
     "Quercus Pinus Sabal Serenoa Ilex Magnolia Acer Vaccinium Lyonia Asclepias Salvia Rudbeckia Coreopsis "
@@ -75,17 +86,6 @@ class SyntheticConfig:
             raise ValueError(f"language dim must be >= 1, got {self.language_dim}")
         if not 0.0 < self.vision_fraction <= 1.0:
             raise ValueError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parses "T,H,W,D" into a tuple of positive ints; raises ValueError with the text."""
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"shape must be comma-separated integers like 8,24,24,1408, got {text!r}") from None
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"shape must be four positive integers T,H,W,D, got {text!r}")
-    return shape
 
 
 class SyntheticDataset:
@@ -251,10 +251,6 @@ def _species_names(s: int, rng: np.random.Generator) -> list[str]:
     return names
 
 
-def _nullable(values: np.ndarray) -> pa.Array:
-    return pa.array(values, pa.int32(), mask=values < 0)
-
-
 def write_store(
     dataset: SyntheticDataset,
     out: str | Path,
@@ -268,7 +264,7 @@ def write_store(
     vision_obs = np.flatnonzero(dataset.has_vision)
     vision_row = np.full(n, -1, np.int64)
     vision_row[vision_obs] = np.arange(len(vision_obs))
-    writer = store_lib.StoreWriter(
+    writer = StoreWriter(
         out,
         num_vision_rows=len(vision_obs),
         vision_shape=cfg.vision_shape,
@@ -283,7 +279,7 @@ def write_store(
     )
     writer.language[:] = dataset.language_vectors
     row_bytes = int(np.prod(cfg.vision_shape)) * np.dtype(dtype).itemsize
-    bar = _progress_bar(len(vision_obs), row_bytes, progress, "synth")
+    bar = progress_bar(len(vision_obs), "synth", enabled=progress)
     limit = np.finfo(np.float16).max
     for row, i in enumerate(vision_obs):
         values = dataset.vision_row(int(i))
@@ -292,47 +288,29 @@ def write_store(
         writer.vision[row] = values
         if (row + 1) % max(1, (256 << 20) // row_bytes) == 0:
             writer.save_progress()  # flush and remap: written rows leave RSS, whatever the store's size
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     meta = dataset.metadata_columns()
-    observations = pa.table(
-        {
-            "observation_id": pa.array(dataset.observation_ids().tolist(), pa.string()),
-            "gbif_id": pa.array(meta["gbif_id"]),
-            "image_index": pa.array(np.ones(n, np.int32)),
-            "taxon_id": pa.array(meta["taxon_id"].tolist(), pa.string()),
-            "taxon_name": pa.array(meta["taxon_name"].tolist(), pa.string()),
-            "species_index": pa.array(meta["species_index"]),
-            "latitude": pa.array(meta["latitude"]),
-            "longitude": pa.array(meta["longitude"]),
-            "elevation": pa.nulls(n, pa.float64()),
-            "year": pa.array(meta["year"]),
-            "month": pa.array(meta["month"]),
-            "day": pa.array(meta["day"]),
-            "hour": _nullable(meta["hour"]),
-            "minute": _nullable(meta["minute"]),
-            "second": _nullable(meta["second"]),
-            "vision_row": pa.array(vision_row),
-            "language_row": pa.array(meta["species_index"].astype(np.int64)),
-            "source_split": pa.array(meta["split"].tolist(), pa.string()),
-            "image_url": pa.array(dataset.image_urls(), pa.string()),
-        }
+    observations = observation_table(
+        gbif_id=meta["gbif_id"],
+        taxon_id=meta["taxon_id"].tolist(),
+        taxon_name=meta["taxon_name"].tolist(),
+        species_index=meta["species_index"],
+        latitude=meta["latitude"],
+        longitude=meta["longitude"],
+        year=meta["year"],
+        month=meta["month"],
+        day=meta["day"],
+        clock={k: np.where(meta[k] < 0, np.nan, meta[k]) for k in ("hour", "minute", "second")},
+        vision_row=vision_row,
+        source_split=meta["split"].tolist(),
+        image_url=dataset.image_urls(),
     )
-    species = store_lib.species_table(
+    species = species_table(
         dataset.taxon_ids, dataset.taxon_names, np.arange(cfg.species), dataset.species_index, vision_row
     )
     writer.finalize(observations, species)
     return store_lib.open_store(out)
-
-
-def _progress_bar(total: int, row_bytes: float, enabled: bool, desc: str):
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm  # progress bars only in CLIs
-
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def make_synthetic_store(
@@ -360,29 +338,11 @@ def make_synthetic_store(
 # ----------------------------------------------------------------------------------------------------------
 # The published source layouts (DATA.md §1-2), so that convert is exercised on exactly what users bring.
 
-HF_OBSERVATIONS_FILE = "observations.parquet"
-HF_VISION_INDEX_FILE = "vision_index.parquet"
-HF_VISION_DIR = "vision_embeddings"
-DASHBOARD_MMAP_FILE = "embeddings.mmap"
-DASHBOARD_INDEX_FILE = "embeddings_index.db"
-
 # Rows per vision_embeddings file: about as many as the published files hold (~45), but at least three
 # files even for tiny data, so that resuming by file is exercised.
 _HF_ROWS_PER_FILE = 50
 _HF_MIN_FILES = 3
 _ROW_GROUP_BYTES = 64 << 20
-
-
-def original_shape_text(vision_shape: Sequence[int]) -> str:
-    """The `original_shape` string of an HF embedding row.
-
-    The published shape `(8, 24, 24, 1408)` is written as the dataset does, `"[4608, 1408]"` (tokens x D);
-    any other shape as its four sizes `"[T, H, W, D]"`, since tokens x D alone cannot say T, H and W.
-    """
-    t, h, w, d = vision_shape
-    if tuple(vision_shape) == REAL_VISION_SHAPE:
-        return f"[{t * h * w}, {d}]"
-    return f"[{t}, {h}, {w}, {d}]"
 
 
 def _prepare_out(out: str | Path) -> Path:
@@ -500,7 +460,7 @@ def write_hf(dataset: SyntheticDataset, out: str | Path, *, progress: bool = Fal
     )
     shape_text = original_shape_text(cfg.vision_shape)
     (out / HF_VISION_DIR).mkdir()
-    bar = _progress_bar(len(vision_obs), row_bytes, progress, "synth hf")
+    bar = progress_bar(len(vision_obs), "synth hf", enabled=progress)
     for k in range(int(file_idx.max()) + 1 if len(vision_obs) else 0):
         rows = vision_obs[file_idx == k]
         # No dictionary for the embeddings: random floats make it slow and 30% larger than plain.
@@ -524,10 +484,8 @@ def write_hf(dataset: SyntheticDataset, out: str | Path, *, progress: bool = Fal
                 )
                 writer.write_table(table, row_group_size=len(group))
                 del flat, table
-                if bar is not None:
-                    bar.update(len(group))
-    if bar is not None:
-        bar.close()
+                bar.update(len(group))
+    bar.close()
     return out
 
 
@@ -548,7 +506,7 @@ def write_dashboard(dataset: SyntheticDataset, out: str | Path, *, progress: boo
     row_bytes = int(np.prod(cfg.vision_shape)) * 4
     per_file = _hf_rows_per_file(len(vision_obs))
     meta = dataset.metadata_columns()
-    bar = _progress_bar(len(order), row_bytes, progress, "synth dashboard")
+    bar = progress_bar(len(order), "synth dashboard", enabled=progress)
     records = []
     with open(out / DASHBOARD_MMAP_FILE, "wb") as f:
         for k, i in enumerate(order):
@@ -570,10 +528,8 @@ def write_dashboard(dataset: SyntheticDataset, out: str | Path, *, progress: boo
                     int(np.searchsorted(vision_obs, i)) // per_file,
                 )
             )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     db = sqlite3.connect(out / DASHBOARD_INDEX_FILE)
     try:
         db.execute(
