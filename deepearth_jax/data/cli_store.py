@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepearth_jax.data import sources, synthetic
+from deepearth_jax.data import sources, synthetic, synthetic_layouts
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.store_check import store_info, verify_store
 from deepearth_jax.io import format_bytes, progress_bar
@@ -58,9 +58,9 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.layout == "store":
         synthetic.write_store(dataset, args.out, dtype=args.dtype, progress=True)
     elif args.layout == "hf":
-        synthetic.write_hf(dataset, args.out, progress=True)
+        synthetic_layouts.write_hf(dataset, args.out, progress=True)
     else:
-        synthetic.write_dashboard(dataset, args.out, progress=True)
+        synthetic_layouts.write_dashboard(dataset, args.out, progress=True)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
