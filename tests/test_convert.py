@@ -8,11 +8,11 @@ import pytest
 from conftest import small_dataset, test_seed
 
 from deepearth_jax.data import convert as convert_lib
-from deepearth_jax.data.convert import dashboard as convert_dashboard
-from deepearth_jax.data.convert import hf as convert_hf
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data import synthetic
 from deepearth_jax.data.__main__ import main as data_main
+from deepearth_jax.data.convert import dashboard as convert_dashboard
+from deepearth_jax.data.convert import hf as convert_hf
 
 SHAPE = (2, 2, 3, 8)
 
@@ -269,7 +269,8 @@ def _short_language(rows):
 BAD_OBSERVATIONS = {
     "duplicate_id": (_duplicate_row, 3),
     "missing_coordinates": (_no_latitude, 4),
-    "missing_date": (_bad_month, 5),
+    "bad_date": (_bad_month, 5),
+    "missing_date": (lambda rows: _set_field(rows, 11, "day", None), 11),
     "language_conflict": (_conflicting_language, 6),
     "language_shape": (_short_language, 7),
     "missing_taxon": (lambda rows: _set_field(rows, 8, "taxon_name", None), 8),

@@ -13,7 +13,6 @@ layouts from here, so the converter never depends on the fake-data generator.
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Sequence
 
 HF_OBSERVATIONS_FILE = "observations.parquet"
@@ -91,5 +90,20 @@ def resolve_vision_shape(original: tuple[int, ...]) -> tuple[int, int, int, int]
 
 
 def shape_matches(original: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """Whether an `original_shape` is compatible with the `(T, H, W, D)` a conversion uses."""
-    return math.prod(original) == math.prod(shape) and original[-1] == shape[-1]
+    """Whether an `original_shape` agrees with the `(T, H, W, D)` a conversion uses.
+
+    Every size the original states must hold: four sizes equal the shape, `(T, H*W, D)` its T, H*W and D,
+    the published `(4608, 1408)` stands for `(8, 24, 24, 1408)` exactly, and any other `(tokens, D)` only
+    says T*H*W and D. A reordered shape of the same size is therefore refused wherever the source says more.
+    """
+    shape = tuple(shape)
+    try:
+        return resolve_vision_shape(original) == shape
+    except ValueError:
+        pass
+    t, h, w, d = shape
+    if len(original) == 3:
+        return original == (t, h * w, d)
+    if len(original) == 1:
+        return original == (t * h * w * d,)
+    return len(original) == 2 and original == (t * h * w, d)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,29 @@ from deepearth_jax.data.store_check import array_checksums
 from deepearth_jax.io import file_sha256, write_json_atomic
 
 
+class StoreWriteError(StoreError):
+    """The file system refused a write (full disk, read-only, not a directory): one line naming the store."""
+
+
+def write_error(path: Path, error: OSError) -> StoreWriteError:
+    """The one-line StoreWriteError for an OSError met while writing the store at `path`."""
+    where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+    return StoreWriteError(f"cannot write store {path}: {error.strerror or error}{where}")
+
+
+def _writes(method: Callable) -> Callable:
+    """Turns the OSErrors of a StoreWriter method into StoreWriteError."""
+
+    @functools.wraps(method)
+    def wrapper(self: StoreWriter, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+
+    return wrapper
+
+
 class StoreWriter:
     """Creates a store: preallocates the arrays as .npy memmaps, rows are written in place, then `finalize`.
 
@@ -49,6 +73,7 @@ class StoreWriter:
       provenance: what the store was made from (recorded in the manifest).
     """
 
+    @_writes
     def __init__(
         self,
         path: str | os.PathLike,
@@ -80,6 +105,8 @@ class StoreWriter:
                 )
             if not resume:
                 raise StoreError(f"{self.path} holds an incomplete store; resume it or delete it")
+        elif self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} exists and is not a directory; choose another --out")
         elif self.path.exists() and any(self.path.iterdir()):
             raise StoreError(f"{self.path} exists and is not empty; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -122,6 +149,7 @@ class StoreWriter:
         """Free-form resume state kept in the incomplete manifest (e.g. which source files are done)."""
         return self.manifest.setdefault("progress", {})
 
+    @_writes
     def save_progress(self) -> None:
         """Flushes the arrays, then records `progress` (so recorded progress never runs ahead of the data).
 
@@ -139,6 +167,7 @@ class StoreWriter:
             del array
             self.arrays[name] = np.load(file_name, mmap_mode="r+", allow_pickle=False)
 
+    @_writes
     def truncate_vision(self, num_rows: int) -> None:
         """Shrinks vision.npy to its first `num_rows` rows, in place (no data moves).
 
@@ -172,6 +201,7 @@ class StoreWriter:
         self.manifest["arrays_planned"]["vision"]["shape"] = list(shape)
         write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
 
+    @_writes
     def finalize(
         self,
         observations: pa.Table,

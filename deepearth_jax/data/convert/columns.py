@@ -38,6 +38,38 @@ def flatten_list_column(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.nd
     return values, offsets, valid
 
 
+def inner_lists_ok(column: pa.Array, size: int) -> np.ndarray | None:
+    """For a nested list column, `(N,)` bool: every innermost list of the row holds `size` values.
+
+    None for a flat list column (it states no inner size). Lets a row of tokens x D with the right total
+    but another D be caught, instead of being read as a reshaped row.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    levels = []
+    array = column
+    while (
+        pa.types.is_list(array.type)
+        or pa.types.is_large_list(array.type)
+        or pa.types.is_fixed_size_list(array.type)
+    ):
+        if pa.types.is_fixed_size_list(array.type):
+            n = len(array)
+            offsets = (np.arange(n + 1, dtype=np.int64) + array.offset) * array.type.list_size
+        else:
+            offsets = array.offsets.to_numpy().astype(np.int64)
+        levels.append(offsets)
+        array = array.values
+    if len(levels) < 2:
+        return None
+    bad = np.diff(levels[-1]) != size  # per innermost list
+    for offsets in reversed(levels[:-1]):
+        # A list is bad when any of its children is; offsets index into the children.
+        cumulative = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
+        bad = cumulative[offsets[1:]] - cumulative[offsets[:-1]] > 0
+    return ~bad
+
+
 def numbers(column: pa.Array) -> np.ndarray:
     """A numeric column as float64 with NaN for nulls."""
     return column.cast(pa.float64()).to_numpy(zero_copy_only=False)

@@ -19,18 +19,69 @@ from deepearth_jax.data.store import StoreError
 CHUNK_BYTES = 256 << 20
 
 
-def _index_entries(db_path: Path) -> list[tuple]:
-    """Every (gbif_id, file_offset) of embedding_index, in offset order."""
+def _index_entries(db_path: Path) -> list[tuple[int, int | None]]:
+    """Every (gbif_id, file_offset) of embedding_index, in offset order; refuses values that are not
+    whole numbers (text, fractions), naming the column and the first offending row."""
     try:
         db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
-            return db.execute(
+            rows = db.execute(
                 "SELECT gbif_id, file_offset FROM embedding_index ORDER BY file_offset, gbif_id"
             ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as e:
         raise StoreError(f"cannot read table embedding_index from {db_path}: {e}") from None
+    entries = []
+    for column, k in (("gbif_id", 0), ("file_offset", 1)):
+        wrong = [r for r in rows if not _whole(r[k], allow_null=k == 1)]
+        if wrong:
+            raise StoreError(
+                f"{db_path}: embedding_index.{column} holds {len(wrong)} value(s) that are not whole numbers "
+                f"(first: {wrong[0][k]!r} in the row of gbif_id {wrong[0][0]!r})"
+            )
+    for gbif_id, offset in rows:
+        entries.append((int(gbif_id), None if offset is None else int(offset)))
+    return entries
+
+
+def _whole(value: object, allow_null: bool) -> bool:
+    if value is None:
+        return allow_null
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
+
+
+def _check_index(entries: list[tuple[int, int | None]], mmap_path: Path, size: int, shape: tuple) -> None:
+    """The index and the mmap must describe the same rows: as many rows as the index lists (else the
+    vision shape is wrong), and no row claimed by several observations."""
+    row_bytes = math.prod(shape) * 4
+    mmap_rows = size // row_bytes
+    if mmap_rows != len(entries):
+        raise StoreError(
+            f"{mmap_path} holds {mmap_rows} rows of {list(shape)} float32 but embeddings_index.db lists "
+            f"{len(entries)}: the vision shape disagrees with the source (pass the right --vision-shape "
+            "T,H,W,D)"
+        )
+    offsets = np.array([o for _, o in entries if o is not None], np.int64)
+    values, counts = np.unique(offsets, return_counts=True)
+    shared = counts > 1
+    if shared.any():
+        first = int(values[shared][0])
+        ids = [g for g, o in entries if o == first]
+        raise StoreError(
+            f"embeddings_index.db points {int(counts[shared].sum())} observations at {int(shared.sum())} "
+            f"shared file_offset(s) (first: offset {first} for gbif_ids {', '.join(map(str, ids[:5]))}); "
+            "each row of embeddings.mmap belongs to one observation"
+        )
+    gbif, gbif_counts = np.unique(np.array([g for g, _ in entries], np.int64), return_counts=True)
+    if (gbif_counts > 1).any():
+        first = int(gbif[gbif_counts > 1][0])
+        raise StoreError(
+            f"embeddings_index.db lists {int((gbif_counts > 1).sum())} gbif_id(s) several times "
+            f"(first: {first}, {int(gbif_counts[gbif_counts > 1][0])} times); each observation has one row"
+        )
 
 
 def plan(source: Path, obs: Observations, vision_shape: tuple[int, ...] | None) -> VisionPlan:
@@ -46,6 +97,7 @@ def plan(source: Path, obs: Observations, vision_shape: tuple[int, ...] | None) 
             f"({row_bytes} bytes each): pass the right --vision-shape T,H,W,D"
         )
     entries = _index_entries(db_path)
+    _check_index(entries, mmap_path, size, shape)
     known_ids = set(obs.gbif_id.tolist())
     bad, kept = [], []
     without_observation = 0

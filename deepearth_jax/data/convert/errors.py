@@ -8,9 +8,11 @@ from deepearth_jax.data.store import StoreError
 BAD_KINDS = {
     "bad_id": "gbif_id missing or negative",
     "duplicate_id": "gbif_id repeated in observations.parquet (the first row is kept)",
-    "missing_taxon": "no taxon_name",
+    "missing_taxon": "no taxon_name, or a blank one",
     "missing_coordinates": "latitude/longitude missing, NaN or out of range",
-    "missing_date": "year/month/day missing or out of range",
+    "missing_date": "year/month/day missing",
+    "bad_date": "year/month/day not a calendar date (31 February, month 13, fractions, implausible year)",
+    "bad_time": "hour outside 0-23, minute/second outside 0-59, or fractional",
     "missing_language": "no language embedding",
     "language_shape": "language embedding of the wrong length",
     "language_non_finite": "NaN or Inf in the language embedding",

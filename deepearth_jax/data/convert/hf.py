@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepearth_jax.data.convert.columns import flatten_list_column, numbers
+from deepearth_jax.data.convert.columns import flatten_list_column, inner_lists_ok, numbers
 from deepearth_jax.data.convert.errors import bad_row
 from deepearth_jax.data.convert.observations import Observations
 from deepearth_jax.data.convert.vision import (
@@ -35,6 +35,8 @@ from deepearth_jax.data.sources import (
     shape_matches,
 )
 from deepearth_jax.data.store import StoreError
+
+_ROWS_TO_TRY = 16  # leading rows read to find one that states its shape consistently
 
 
 def plan(source: Path, obs: Observations, vision_shape: tuple[int, ...] | None) -> VisionPlan:
@@ -68,33 +70,78 @@ def plan(source: Path, obs: Observations, vision_shape: tuple[int, ...] | None) 
     vision_dir = source / HF_VISION_DIR
     files = sorted(vision_dir.glob("*.parquet")) if vision_dir.is_dir() else []
     shape = tuple(vision_shape) if vision_shape else None
-    if shape is None and units:
-        shape = vision_shape_of(vision_dir, [name for name, _ in units])
+    if units:
+        shape = checked_vision_shape(vision_dir, [name for name, _ in units], shape)
     return VisionPlan(shape, units, len(gbif), [], stats, [source / HF_VISION_INDEX_FILE, *files])
 
 
-def vision_shape_of(vision_dir: Path, names: list[str]) -> tuple[int, ...]:
-    """`(T, H, W, D)` from the first embeddings file that has a row: its original_shape, or its length."""
+def _first_row(vision_dir: Path, names: list[str]) -> tuple[Path, str | None, int, pa.Array] | None:
+    """`(file, original_shape text or None, number of values, embedding cell)` of the first row whose own
+    original_shape agrees with its number of values (a malformed leading row is left to the row checks)."""
+    fallback = None
     for name in names:
         path = vision_dir / name
         if not path.is_file():
             continue
-        parquet = pq.ParquetFile(path)
-        if parquet.metadata.num_rows == 0:
-            continue
-        if "original_shape" in parquet.schema_arrow.names:
-            first = next(parquet.iter_batches(batch_size=1, columns=["original_shape"]))
-            text = first.column(0)[0].as_py()
-            if text:
-                return resolve_vision_shape(parse_original_shape(text))
-        first = next(parquet.iter_batches(batch_size=1, columns=["embedding"]))
-        _, offsets, _ = flatten_list_column(first.column(0))
-        if offsets[1] - offsets[0] == math.prod(REAL_VISION_SHAPE):
-            return REAL_VISION_SHAPE
-        raise ValueError(
-            f"{path} does not say the shape of its {offsets[1] - offsets[0]} values: pass --vision-shape"
+        parquet, columns = _open_embeddings(path)
+        for k, row in enumerate(parquet.iter_batches(batch_size=1, columns=columns)):
+            text = row.column("original_shape")[0].as_py() if "original_shape" in columns else None
+            _, offsets, _ = flatten_list_column(row.column("embedding"))
+            facts = (path, text, int(offsets[1] - offsets[0]), row.column("embedding"))
+            fallback = fallback or facts
+            if _self_consistent(text, facts[2]) or k >= _ROWS_TO_TRY:
+                return facts if _self_consistent(text, facts[2]) else fallback
+        if fallback is not None:
+            return fallback
+    return None
+
+
+def _self_consistent(text: str | None, length: int) -> bool:
+    if not text:
+        return True
+    try:
+        return math.prod(resolve_vision_shape(parse_original_shape(text))) == length
+    except ValueError:
+        return False
+
+
+def checked_vision_shape(
+    vision_dir: Path, names: list[str], shape: tuple[int, ...] | None
+) -> tuple[int, ...] | None:
+    """The `(T, H, W, D)` to convert with, checked against every fact the first embedding row states.
+
+    Without `shape` it comes from the row's original_shape (or its length, for the published size). The
+    row's number of values, original_shape and inner list size must all agree with it, so a wrong
+    --vision-shape (even a reordered one of the same size) is refused before anything is allocated.
+    """
+    first = _first_row(vision_dir, names)
+    if first is None:
+        if shape is None:
+            raise ValueError(f"no embeddings file under {vision_dir} has a row: pass --vision-shape T,H,W,D")
+        return shape
+    path, text, length, cell = first
+    given = shape is not None
+    if shape is None:
+        if text:
+            shape = resolve_vision_shape(parse_original_shape(text))
+        elif length == math.prod(REAL_VISION_SHAPE):
+            shape = REAL_VISION_SHAPE
+        else:
+            raise ValueError(f"{path} does not say the shape of its {length} values: pass --vision-shape")
+    what = f"--vision-shape {','.join(map(str, shape))}" if given else f"original_shape {text!r}"
+    if length != math.prod(shape):
+        raise StoreError(
+            f"{what} disagrees with {path}: its first embedding has {length} values, not "
+            f"{math.prod(shape)} for {list(shape)}"
         )
-    raise ValueError(f"no embeddings file under {vision_dir} has a row: pass --vision-shape T,H,W,D")
+    if given and text and not shape_matches(parse_original_shape(text), shape):
+        raise StoreError(f"{what} disagrees with {path}: its first embedding has original_shape {text!r}")
+    inner = inner_lists_ok(cell, shape[-1])
+    if inner is not None and not inner.all():
+        raise StoreError(
+            f"{what} disagrees with {path}: the first embedding's inner lists are not of {shape[-1]}"
+        )
+    return shape
 
 
 class _ShapeCheck:
@@ -134,6 +181,8 @@ def copy_file(
 ) -> dict:
     """Copies the wanted rows of one embeddings file into vision.npy from row `start`; returns its record."""
     record = new_record(start)
+    if path.is_symlink() and not path.exists():
+        raise StoreError(f"cannot read {path}: a broken symlink or a symlink loop")
     if not path.is_file():
         record["bad"] = [
             bad_row(g, "missing_embedding", f"{path.name} does not exist", "vision") for g in wanted
@@ -148,6 +197,7 @@ def copy_file(
         ids = numbers(batch.column("gbif_id"))
         values, offsets, valid = flatten_list_column(batch.column("embedding"))
         texts = batch.column("original_shape").to_pylist() if "original_shape" in columns else None
+        inner = inner_lists_ok(batch.column("embedding"), shape[-1])
         copied = 0
         for i, g in enumerate(ids):
             g = int(g) if np.isfinite(g) else -1
@@ -161,6 +211,8 @@ def copy_file(
             kind, reason = "", ""
             if not valid[i]:
                 kind, reason = "missing_embedding", f"null embedding in {path.name}"
+            elif inner is not None and not inner[i]:
+                kind, reason = "shape", f"inner lists of the embedding are not of {shape[-1]} values"
             elif texts is not None:
                 kind, reason = shapes.problem(texts[i])
             if not kind:

@@ -21,6 +21,8 @@ from deepearth_jax.data.sources import OBSERVATION_COLUMNS, OPTIONAL_OBSERVATION
 from deepearth_jax.data.store import StoreError
 
 BATCH_ROWS = 1024
+# Plausible observation years: older specimens exist, but a year outside this range is a data error.
+MIN_YEAR, MAX_YEAR = 1600, 2100
 _TEXT_COLUMNS = ("taxon_id", "taxon_name", "split", "image_urls")
 
 
@@ -169,16 +171,52 @@ def _validate_metadata(flags: _Flags, cols: dict) -> tuple[np.ndarray, np.ndarra
         duplicate & gbif_ok, "duplicate_id", lambda i: f"gbif_id {gbif[i]} repeated (the first row is kept)"
     )
     taxon_names = cols["taxon_name"]
-    flags.flag(np.array([not t for t in taxon_names], bool), "missing_taxon", lambda i: "no taxon_name")
+    blank = np.array([t is None or not str(t).strip() for t in taxon_names], bool)
+    flags.flag(
+        blank,
+        "missing_taxon",
+        lambda i: "no taxon_name" if not taxon_names[i] else f"blank taxon_name {taxon_names[i]!r}",
+    )
     lat, lon = cols["latitude"], cols["longitude"]
     coords_ok = np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     flags.flag(~coords_ok, "missing_coordinates", lambda i: f"latitude {lat[i]}, longitude {lon[i]}")
-    year, month, day = cols["year"], cols["month"], cols["day"]
-    date_ok = (
-        np.isfinite(year) & np.isfinite(month) & np.isfinite(day) & (month >= 1) & (month <= 12) & (day >= 1)
-    ) & (day <= 31)
-    flags.flag(~date_ok, "missing_date", lambda i: f"year {year[i]}, month {month[i]}, day {day[i]}")
+    _validate_date(flags, cols)
     return gbif, gbif_ok
+
+
+def _validate_date(flags: _Flags, cols: dict) -> None:
+    """Flags missing dates, impossible ones (31 February, month 13, fractions, years outside
+    MIN_YEAR..MAX_YEAR) and clock fields outside 0-23 / 0-59 or fractional (a missing clock field is fine)."""
+    year, month, day = cols["year"], cols["month"], cols["day"]
+    present = np.isfinite(year) & np.isfinite(month) & np.isfinite(day)
+    flags.flag(~present, "missing_date", lambda i: f"year {year[i]}, month {month[i]}, day {day[i]}")
+    whole = present & (year == np.round(year)) & (month == np.round(month)) & (day == np.round(day))
+    in_range = whole & (year >= MIN_YEAR) & (year <= MAX_YEAR) & (month >= 1) & (month <= 12) & (day >= 1)
+    y, m = np.where(in_range, year, 2000).astype(np.int64), np.where(in_range, month, 1).astype(np.int64)
+    first = (y - 1970) * 12 + (m - 1)  # months since 1970-01
+    days_in_month = (
+        (first + 1).astype("datetime64[M]").astype("datetime64[D]")
+        - first.astype("datetime64[M]").astype("datetime64[D]")
+    ).astype(np.int64)
+    calendar_ok = in_range & (day <= days_in_month)
+    flags.flag(
+        present & ~calendar_ok,
+        "bad_date",
+        lambda i: (
+            f"year {year[i]:g}, month {month[i]:g}, day {day[i]:g} is not a date in {MIN_YEAR}..{MAX_YEAR}"
+        ),
+    )
+    for name, top in (("hour", 23), ("minute", 59), ("second", 59)):
+        if name not in cols:
+            continue
+        values = cols[name]
+        known = np.isfinite(values)
+        ok = ~known | ((values == np.round(values)) & (values >= 0) & (values <= top))
+        flags.flag(
+            ~ok,
+            "bad_time",
+            lambda i, v=values, n=name, t=top: f"{n} {v[i]:g} is not a whole number in 0..{t}",
+        )
 
 
 def _validate_language(

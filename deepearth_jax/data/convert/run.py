@@ -22,7 +22,7 @@ from deepearth_jax.data.sources import (
     HF_VISION_INDEX_FILE,
 )
 from deepearth_jax.data.store import MANIFEST_FILE, Store, StoreError, open_store, read_manifest
-from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
+from deepearth_jax.data.store_writer import StoreWriteError, StoreWriter, observation_table, species_table
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ def detect_layout(source: Path) -> str:
     source = Path(source)
     if not source.is_dir():
         raise StoreError(f"source {source} is not a directory")
+    for name in (HF_OBSERVATIONS_FILE, HF_VISION_INDEX_FILE, DASHBOARD_MMAP_FILE, DASHBOARD_INDEX_FILE):
+        if (source / name).is_symlink() and not (source / name).exists():
+            raise StoreError(f"source {source}: {name} is a broken symlink or a symlink loop")
     if not (source / HF_OBSERVATIONS_FILE).is_file():
         raise StoreError(f"source {source} has no {HF_OBSERVATIONS_FILE}")
     if (source / DASHBOARD_MMAP_FILE).is_file():
@@ -79,6 +82,7 @@ def convert(
     if vision_shape is not None and (len(vision_shape) != 4 or min(vision_shape) < 1):
         raise ValueError(f"vision shape must be four positive sizes T,H,W,D, got {vision_shape}")
     layout = detect_layout(source)
+    _check_out(out)
     existing = _existing_conversion(out)
     start_time = time.perf_counter()
     obs, plan = _read_and_plan(source, layout, vision_shape, skip_bad, progress)
@@ -89,11 +93,34 @@ def convert(
         **options,
     }
     num_vision_rows = _planned_rows(out, existing, fingerprint, plan.num_rows)
+    try:
+        _write(source, out, layout, obs, plan, num_vision_rows, fingerprint, options, skip_bad, progress)
+    except StoreWriteError as e:
+        raise StoreWriteError(
+            f"{e}; what was converted so far is kept: rerun the same command to resume once that is fixed"
+        ) from None
+    log.info("converted %s -> %s in %.1f s", source, out, time.perf_counter() - start_time)
+    return open_store(out)
+
+
+def _write(
+    source: Path,
+    out: Path,
+    layout: str,
+    obs: Observations,
+    plan: VisionPlan,
+    num_vision_rows: int,
+    fingerprint: dict,
+    options: dict,
+    skip_bad: bool,
+    progress: bool,
+) -> None:
+    """Steps 3-4 into a new store, or one resumed where its recorded progress ends."""
     writer = StoreWriter(
         out,
         num_vision_rows=num_vision_rows,
         vision_shape=plan.shape,
-        vision_dtype=dtype,
+        vision_dtype=options["dtype"],
         num_language_rows=len(obs.taxon_names),
         language_dim=obs.language.shape[1],
         provenance={
@@ -111,10 +138,8 @@ def convert(
     writer.save_progress()
     if state["units"]:
         log.info("resuming %s: %d of %d source units already done", out, len(state["units"]), len(plan.units))
-    _copy_units(source, layout, plan, writer, dtype, skip_bad, progress)
+    _copy_units(source, layout, plan, writer, options["dtype"], skip_bad, progress)
     _finish(writer, obs, plan)
-    log.info("converted %s -> %s in %.1f s", source, out, time.perf_counter() - start_time)
-    return open_store(out)
 
 
 def _read_and_plan(
@@ -123,8 +148,10 @@ def _read_and_plan(
     """Steps 1-2: observations read and validated, vision rows located; fails before writing anything."""
     obs_path = source / HF_OBSERVATIONS_FILE
     meter = Meter(pq.ParquetFile(obs_path).metadata.num_rows, progress, "observations")
-    obs = read_observations(obs_path, progress=lambda rows: meter.update(rows, 0))
-    meter.close()
+    try:
+        obs = read_observations(obs_path, progress=lambda rows: meter.update(rows, 0))
+    finally:
+        meter.close()
     if obs.bad and not skip_bad:
         raise ConvertError(f"{summarize_bad(obs.bad)}; nothing written; {_SKIP_HINT}", obs.bad)
     if not len(obs.gbif_id):
@@ -236,8 +263,28 @@ def _existing_conversion(out: Path) -> dict | None:
 
 
 def _fingerprint_files(paths: list[Path], root: Path) -> dict:
+    """`{relative path: [size, mtime_ns]}` of the source files, to know a resumed conversion's source."""
     out = {}
     for p in paths:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise StoreError(f"cannot read source file {p}: {e.strerror}") from None
         out[str(p.relative_to(root))] = [st.st_size, st.st_mtime_ns]
     return out
+
+
+def _check_out(out: Path) -> None:
+    """Refuses, before any reading, an `out` that cannot become a store directory: one under a regular
+    file, or in a directory this process may not write."""
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} exists and is not a directory")
+    parent = out
+    while not parent.exists():
+        if parent.is_symlink():
+            raise StoreError(f"--out {out}: {parent} is a broken symlink or a symlink loop")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(f"--out {out} lies under {parent}, which is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"--out {out}: cannot write in {parent} (read-only or no permission)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deepearth_jax.data.background import background_iter
-from deepearth_jax.data.store_writer import StoreWriter
+from deepearth_jax.data.store_writer import StoreWriter, write_error
 from deepearth_jax.io import progress_bar
 
 # Source bytes per batch of vision rows; three batches are in flight (decoding, queued, converting).
@@ -94,20 +94,29 @@ class VisionSink:
         self.offset = int(array.offset)
         self.buffer = np.empty(self.shape, array.dtype)
         self.row_bytes = self.buffer.nbytes
-        self.fd = os.open(array.filename, os.O_WRONLY)
+        try:
+            self.fd = os.open(array.filename, os.O_WRONLY)
+        except OSError as e:
+            raise write_error(writer.path, e) from None
 
     def write(self, row: int, values: np.ndarray) -> None:
         """Casts `values` (any float dtype, T*H*W*D values) into vision row `row`."""
         np.copyto(self.buffer, values.reshape(self.shape), casting="same_kind")
         view = memoryview(self.buffer).cast("B")
         position = self.offset + row * self.row_bytes
-        while view:
-            written = os.pwrite(self.fd, view, position)
-            view, position = view[written:], position + written
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, position)
+                view, position = view[written:], position + written
+        except OSError as e:
+            raise write_error(self.writer.path, e) from None
 
     def save_progress(self) -> None:
         """The rows written so far reach the disk before the manifest records them."""
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise write_error(self.writer.path, e) from None
         self.writer.save_progress()
 
     def close(self) -> None:
