@@ -70,10 +70,11 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    manifest = store_lib.read_manifest(args.store)
-    total = sum(
-        int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in manifest.get("arrays", {}).values()
-    )
+    try:
+        arrays = store_lib.read_manifest(args.store).get("arrays", {})
+    except store_lib.StoreError:
+        arrays = {}  # verify_store reports it
+    total = sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in arrays.values())
     bar = progress_bar(total, "verify", unit="B", unit_scale=True)
     try:
         problems = verify_store(args.store, progress=bar.update)

@@ -60,7 +60,10 @@ def _fresh_cache(store: store_lib.Store) -> np.ndarray | None:
     entry = store.manifest.get("features", {}).get(VISION_MEAN)
     if not entry:
         return None
-    path = store.path / entry.get("file", VISION_MEAN_FILE)
+    path = store.path / VISION_MEAN_FILE
+    if entry.get("file") != VISION_MEAN_FILE or path.is_symlink() or not path.is_file():
+        log.info("pooled vision cache of %s is not the regular file %s: rebuilding", store.path, path)
+        return None
     expected = (store.vision.shape[0], store.vision.shape[-1])
     if entry.get("derived_from", {}).get("vision") != _vision_checksums(store):
         log.info("pooled vision cache %s is stale (vision changed): rebuilding", path)

@@ -12,6 +12,20 @@ Layout of a store directory:
 A store is complete only once `manifest.json` says `"complete": true`; the writer sets it last, with an
 atomic rename, so an interrupted conversion never looks like a finished one. Nothing is ever unpickled.
 
+A store is a closed box: the manifest names only files inside its directory (relative paths, no `..`, no
+symlink leading out), and only regular files are opened (a FIFO or device in place of a file is refused, never
+waited on).
+
+What is checked when:
+  * `open_store` (train, evaluate, split, info), always, from cheap facts (a stat and a header per file, no
+    data read): the manifest's fields and their types, completeness, every file inside the store and regular,
+    each .npy header (shape, dtype, C order) and file size against the manifest, the tables' columns and
+    types, row counts against the manifest, and that every vision_row, language_row and species_index of
+    the observation table points inside its array or table.
+  * `verify_store` (`python -m deepearth_jax.data verify`), on request, reading every byte: all of the above,
+    plus the SHA-256 of each table and of each chunk of every array, finiteness of every embedding value,
+    and no vision row or observation id used twice.
+
 This module holds the format (file names, schemas, the manifest) and the reader (`open_store`);
 `store_writer` writes stores, `store_check` checksums and verifies them and prints the `info` report.
 """
@@ -21,7 +35,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +116,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not manifest_path.is_file():
         raise StoreError(f"no store at {path}: {MANIFEST_FILE} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{manifest_path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{manifest_path} is not a {FORMAT_NAME} manifest")
@@ -110,6 +126,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{path} has store format version {manifest.get('version')}, this deepearth_jax reads "
             f"version {FORMAT_VERSION}"
         )
+    if not isinstance(manifest.get("complete", False), bool):
+        raise _field_error(manifest_path, "complete", "true or false", manifest.get("complete"))
+    if manifest.get("complete"):
+        check_manifest(manifest, manifest_path)
+    else:
+        for key in ("arrays_planned", "progress", "provenance"):
+            if not isinstance(manifest.get(key, {}), dict):
+                raise _field_error(manifest_path, key, "an object", manifest.get(key))
     return manifest
 
 
@@ -130,6 +154,128 @@ def npy_header_bytes(path: Path) -> int:
         else:
             np.lib.format.read_array_header_2_0(f)
         return f.tell()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The closed box: what a manifest may say, and where the files it names may be
+
+
+_ARRAY_FILES = {"vision": VISION_FILE, "language": LANGUAGE_FILE}
+_ARRAY_DTYPES = {"vision": ("float16", "float32"), "language": ("float32",)}
+_COUNTS = ("observations", "species", "vision_rows", "language_rows", "observations_with_vision")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _field_error(manifest_path: Path, field_name: str, expected: str, value: object) -> StoreError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return StoreError(f"{manifest_path}: field {field_name} must be {expected}, got {shown}")
+
+
+def _check_array_entry(manifest_path: Path, name: str, info: object) -> None:
+    where = f"arrays.{name}"
+    if name not in _ARRAY_FILES:
+        raise StoreError(f"{manifest_path}: unknown array {name!r} (a store holds vision and language)")
+    if not isinstance(info, dict):
+        raise _field_error(manifest_path, where, "an object", info)
+    if info.get("file") != _ARRAY_FILES[name]:
+        raise _field_error(manifest_path, f"{where}.file", repr(_ARRAY_FILES[name]), info.get("file"))
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not shape or not all(_is_count(s) for s in shape):
+        raise _field_error(manifest_path, f"{where}.shape", "a list of sizes", shape)
+    if info.get("dtype") not in _ARRAY_DTYPES[name]:
+        raise _field_error(
+            manifest_path, f"{where}.dtype", " or ".join(_ARRAY_DTYPES[name]), info.get("dtype")
+        )
+    sums = info.get("checksums")
+    if not (
+        isinstance(sums, dict)
+        and isinstance(sums.get("header_sha256"), str)
+        and _is_count(sums.get("rows_per_chunk"))
+        and isinstance(sums.get("chunk_sha256"), list)
+        and all(isinstance(c, str) for c in sums["chunk_sha256"])
+    ):
+        raise _field_error(
+            manifest_path, f"{where}.checksums", "header_sha256, rows_per_chunk, chunk_sha256", sums
+        )
+
+
+def check_manifest(manifest: dict, manifest_path: Path) -> None:
+    """Raises StoreError naming the first field of a complete manifest that has the wrong type."""
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict):
+        raise _field_error(manifest_path, "counts", "an object", counts)
+    for key in _COUNTS:
+        if not _is_count(counts.get(key)):
+            raise _field_error(manifest_path, f"counts.{key}", "a count (an integer >= 0)", counts.get(key))
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict) or "language" not in arrays:
+        raise _field_error(manifest_path, "arrays", "an object with a language entry", arrays)
+    for name, info in arrays.items():
+        _check_array_entry(manifest_path, name, info)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted((OBSERVATIONS_FILE, SPECIES_FILE)):
+        raise _field_error(manifest_path, "files", f"sha256 of {OBSERVATIONS_FILE} and {SPECIES_FILE}", files)
+    if not all(isinstance(v, str) for v in files.values()):
+        raise _field_error(manifest_path, "files", "sha256 strings", files)
+    for key, kind, expected in (("skipped", list, "a list"), ("features", dict, "an object")):
+        if not isinstance(manifest.get(key, kind()), kind):
+            raise _field_error(manifest_path, key, expected, manifest.get(key))
+
+
+def store_file(root: Path, name: object) -> Path:
+    """The path of a file a manifest names, refused unless it is a relative path inside the store (no `..`,
+    no symlink leading out) to a regular file: never a FIFO, device or directory, which could hang a reader
+    or read another store's data."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise StoreError(f"store {root}: the manifest names {name!r}, which is not a path inside the store")
+    path = root / name
+    try:
+        inside = path.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise StoreError(f"store {root}: {name} is missing") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, a permission problem
+        raise StoreError(f"store {root}: cannot reach {name}: {getattr(e, 'strerror', None) or e}") from None
+    if not inside:
+        raise StoreError(f"store {root}: {name} leads outside the store (a symlink?)")
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"store {root}: {name} is not a regular file")
+    return path
+
+
+def open_array(root: Path, info: dict) -> np.memmap:
+    """Memory-maps an array the (checked) manifest describes, after checking its .npy header and its size
+    against the manifest: cheap facts read from the header and a stat, no data read."""
+    path = store_file(root, info["file"])
+    shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            header = read(f)
+            data_offset = f.tell()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise StoreError(f"store {root}: {info['file']} has no valid .npy header ({e})") from None
+    got_shape, fortran, got_dtype = header
+    if got_shape != shape or got_dtype != dtype or fortran:
+        raise StoreError(
+            f"store {root}: {info['file']} is {got_shape} {got_dtype}, the manifest says {shape} {dtype}"
+        )
+    expected = data_offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise StoreError(
+            f"store {root}: {info['file']} is {size} bytes, its header and the manifest say {expected}"
+        )
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,6 +366,35 @@ class Store:
         return rows
 
 
+def _read_table(root: Path, name: str, schema: pa.Schema) -> pa.Table:
+    path = store_file(root, name)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"store {root}: cannot read {name}: {e}") from None
+    if table.schema.remove_metadata() != schema:
+        raise StoreError(f"store {root}: {name} does not have the store's columns and types")
+    return table
+
+
+def reference_problem(store: Store) -> str:
+    """The first table row that points outside the arrays or the species table ("" when none): a cheap
+    pass over three integer columns, so that a reader never indexes past an array."""
+    n_vision = 0 if store.vision is None else store.vision.shape[0]
+    for column, low, high, what in (
+        ("vision_row", -1, n_vision, VISION_FILE),
+        ("language_row", 0, store.language.shape[0], LANGUAGE_FILE),
+        ("species_index", 0, store.num_species, SPECIES_FILE),
+    ):
+        values = store.column(column)
+        bad = (values < low) | (values >= high)
+        if bad.any():
+            return (
+                f"{OBSERVATIONS_FILE}: {int(bad.sum())} {column} value(s) outside [{low}, {high}) of {what}"
+            )
+    return ""
+
+
 def open_store(path: str | os.PathLike) -> Store:
     """Opens a complete store: reads the manifest and the tables, memory-maps the arrays.
 
@@ -232,23 +407,18 @@ def open_store(path: str | os.PathLike) -> Store:
             f"store {path} is incomplete (an interrupted conversion?): rerun the same convert command "
             "to resume it"
         )
-    try:
-        observations = pq.read_table(path / OBSERVATIONS_FILE)
-        species = pq.read_table(path / SPECIES_FILE)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StoreError(f"store {path}: cannot read its tables: {e}") from None
-    arrays: dict[str, np.ndarray | None] = {}
-    for name, info in manifest.get("arrays", {}).items():
-        try:
-            arrays[name] = np.load(path / info["file"], mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise StoreError(f"store {path}: cannot open {info['file']}: {e}") from None
-        expected = tuple(info["shape"])
-        if arrays[name].shape != expected or str(arrays[name].dtype) != info["dtype"]:
-            raise StoreError(
-                f"store {path}: {info['file']} is {arrays[name].shape} {arrays[name].dtype}, the manifest "
-                f"says {expected} {info['dtype']}"
-            )
+    observations = _read_table(path, OBSERVATIONS_FILE, OBSERVATION_SCHEMA)
+    species = _read_table(path, SPECIES_FILE, SPECIES_SCHEMA)
+    arrays = {name: open_array(path, info) for name, info in manifest["arrays"].items()}
+    counts = manifest["counts"]
+    for what, got, expected in (
+        (OBSERVATIONS_FILE, observations.num_rows, counts["observations"]),
+        (SPECIES_FILE, species.num_rows, counts["species"]),
+        (LANGUAGE_FILE, arrays["language"].shape[0], counts["language_rows"]),
+        (VISION_FILE, arrays["vision"].shape[0] if "vision" in arrays else 0, counts["vision_rows"]),
+    ):
+        if got != expected:
+            raise StoreError(f"store {path}: {what} has {got} rows, the manifest says {expected}")
     store = Store(
         path=path,
         manifest=manifest,
@@ -257,11 +427,9 @@ def open_store(path: str | os.PathLike) -> Store:
         vision=arrays.get("vision"),
         language=arrays.get("language"),
     )
-    if store.num_observations != manifest["counts"]["observations"]:
-        raise StoreError(
-            f"store {path}: observations.parquet has {store.num_observations} rows, the manifest says "
-            f"{manifest['counts']['observations']}"
-        )
+    problem = reference_problem(store)
+    if problem:
+        raise StoreError(f"store {path}: {problem}")
     return store
 
 

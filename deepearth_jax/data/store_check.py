@@ -19,8 +19,10 @@ from deepearth_jax.data.store import (
     Store,
     StoreError,
     npy_header_bytes,
+    open_array,
     open_store,
     read_manifest,
+    store_file,
 )
 from deepearth_jax.io import file_sha256, format_bytes
 
@@ -101,88 +103,72 @@ def array_checksums(
 def verify_store(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> list[str]:
     """Re-reads everything in a store; returns the problems found (empty when the store is sound).
 
-    Checks: the manifest, completeness, table checksums and row counts, array shapes and dtypes, every
-    array chunk's checksum, finiteness of every embedding value, and row references from the tables into
-    the arrays. `progress(nbytes)` is called as array bytes are read.
+    Checks what `open_store` checks (the manifest's fields, files inside the store, shapes, sizes, row
+    counts and references), and on top: every file's and array chunk's checksum, the finiteness of every
+    embedding value, and that no two observations share a vision row or an id. `progress(nbytes)` is called
+    as array bytes are read.
     """
     path = Path(path)
     try:
         manifest = read_manifest(path)
     except StoreError as e:
         return [str(e)]
-    problems: list[str] = []
     if not manifest.get("complete", False):
-        problems.append(f"store {path} is incomplete: its conversion never finished")
-    for name, expected in manifest.get("files", {}).items():
-        file_path = path / name
-        if not file_path.is_file():
-            problems.append(f"{name} is missing")
-        elif file_sha256(file_path) != expected:
-            problems.append(f"{name}: checksum mismatch (the file changed after the store was written)")
-    for info in manifest.get("arrays", {}).values():
-        file_path = path / info["file"]
-        if not file_path.is_file():
-            problems.append(f"{info['file']} is missing")
-            continue
+        return [f"store {path} is incomplete: its conversion never finished"]
+    problems: list[str] = []
+    for name, expected in manifest["files"].items():
         try:
-            array = np.load(file_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            problems.append(f"{info['file']}: unreadable header ({e})")
+            if file_sha256(store_file(path, name)) != expected:
+                problems.append(f"{name}: checksum mismatch (the file changed after the store was written)")
+        except StoreError as e:
+            problems.append(str(e))
+    for info in manifest["arrays"].values():
+        try:
+            array = open_array(path, info)
+        except StoreError as e:
+            problems.append(str(e))
             continue
-        if array.shape != tuple(info["shape"]) or str(array.dtype) != info["dtype"]:
-            problems.append(
-                f"{info['file']}: shape/dtype {array.shape} {array.dtype}, manifest says "
-                f"{tuple(info['shape'])} {info['dtype']}"
-            )
-            continue
-        sums, non_finite = array_checksums(file_path, check_finite=True, progress=progress)
-        if sums["header_sha256"] != info["checksums"]["header_sha256"]:
-            problems.append(f"{info['file']}: header checksum mismatch")
-        expected_chunks = info["checksums"]["chunk_sha256"]
-        per_chunk = info["checksums"]["rows_per_chunk"]
-        if sums["rows_per_chunk"] != per_chunk or len(sums["chunk_sha256"]) != len(expected_chunks):
-            problems.append(f"{info['file']}: checksum layout differs from the manifest")
-        else:
-            for i, (got, want) in enumerate(zip(sums["chunk_sha256"], expected_chunks, strict=True)):
-                if got != want:
-                    last = min(array.shape[0], (i + 1) * per_chunk) - 1
-                    problems.append(
-                        f"{info['file']}: checksum mismatch in rows {i * per_chunk}..{last} (chunk {i})"
-                    )
-        if non_finite:
-            problems.append(f"{info['file']}: {non_finite} non-finite value(s) (NaN or Inf)")
+        problems.extend(_check_array(path / info["file"], info, array.shape[0], progress))
     if problems:
         return problems
     try:
         store = open_store(path)
     except StoreError as e:
         return [str(e)]
-    problems.extend(_check_references(store))
+    return _check_references(store)
+
+
+def _check_array(
+    file_path: Path, info: dict, num_rows: int, progress: Callable[[int], None] | None
+) -> list[str]:
+    """Checksums and finiteness of one array against its manifest entry."""
+    problems = []
+    sums, non_finite = array_checksums(file_path, check_finite=True, progress=progress)
+    if sums["header_sha256"] != info["checksums"]["header_sha256"]:
+        problems.append(f"{info['file']}: header checksum mismatch")
+    expected_chunks = info["checksums"]["chunk_sha256"]
+    per_chunk = info["checksums"]["rows_per_chunk"]
+    if sums["rows_per_chunk"] != per_chunk or len(sums["chunk_sha256"]) != len(expected_chunks):
+        problems.append(f"{info['file']}: checksum layout differs from the manifest")
+    else:
+        for i, (got, want) in enumerate(zip(sums["chunk_sha256"], expected_chunks, strict=True)):
+            if got != want:
+                last = min(num_rows, (i + 1) * per_chunk) - 1
+                problems.append(
+                    f"{info['file']}: checksum mismatch in rows {i * per_chunk}..{last} (chunk {i})"
+                )
+    if non_finite:
+        problems.append(f"{info['file']}: {non_finite} non-finite value(s) (NaN or Inf)")
     return problems
 
 
 def _check_references(store: Store) -> list[str]:
+    """What open_store leaves to verify in the tables: shared vision rows and repeated ids."""
     problems = []
     vision_rows = store.column("vision_row")
-    n_vision = 0 if store.vision is None else store.vision.shape[0]
-    bad = (vision_rows < -1) | (vision_rows >= n_vision)
-    if bad.any():
-        problems.append(
-            f"observations.parquet: {int(bad.sum())} vision_row value(s) outside [-1, {n_vision})"
-        )
     used = vision_rows[vision_rows >= 0]
     if len(np.unique(used)) != len(used):
         problems.append("observations.parquet: several observations share one vision_row")
-    language_rows = store.column("language_row")
-    n_language = 0 if store.language is None else store.language.shape[0]
-    bad = (language_rows < 0) | (language_rows >= n_language)
-    if bad.any():
-        problems.append(
-            f"observations.parquet: {int(bad.sum())} language_row value(s) outside [0, {n_language})"
-        )
-    species_index = store.column("species_index")
-    if ((species_index < 0) | (species_index >= store.num_species)).any():
-        problems.append("observations.parquet: species_index outside the species table")
     ids = store.observation_ids
     if len(set(ids.tolist())) != len(ids):
         problems.append("observations.parquet: duplicate observation ids")
