@@ -279,7 +279,7 @@ def _data_bytes(path):
 
 @pytest.mark.parametrize(
     "call, allowed",
-    [("pwrite", 40), ("fsync", 6), ("fsync", 5)],  # a vision row, the rows of a unit, the manifest's update
+    [("pwrite", 1), ("fsync", 6), ("fsync", 5)],  # a vision row, the rows of a unit, the manifest's update
 )
 def test_full_disk_keeps_what_was_written(tmp_path, capsys, monkeypatch, call, allowed):
     dataset = small_dataset(observations=60, seed=test_seed())

@@ -159,6 +159,12 @@ class StoreWriter:
         self._flush_and_remap()
         write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
 
+    @_writes
+    def record_progress(self, progress: dict) -> None:
+        """Writes the manifest with `progress` as its recorded progress, touching no array (the caller has
+        made the rows it describes durable itself). Safe on another thread while the caller writes rows."""
+        write_json_atomic(self.path / MANIFEST_FILE, {**self.manifest, "progress": progress})
+
     def _flush_and_remap(self) -> None:
         for name in list(self.arrays):
             array = self.arrays.pop(name)

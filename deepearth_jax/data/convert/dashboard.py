@@ -12,7 +12,7 @@ import numpy as np
 
 from deepearth_jax.data.convert.errors import bad_row
 from deepearth_jax.data.convert.observations import Observations
-from deepearth_jax.data.convert.vision import Meter, VisionPlan, VisionSink, copy_row, new_record
+from deepearth_jax.data.convert.vision import BATCH_BYTES, Meter, VisionPlan, VisionSink, new_record
 from deepearth_jax.data.sources import DASHBOARD_INDEX_FILE, DASHBOARD_MMAP_FILE, REAL_VISION_SHAPE
 from deepearth_jax.data.store import StoreError
 
@@ -133,13 +133,16 @@ def copy_chunk(
     high = entries[-1][1] + row_bytes
     # Mapping only this chunk's byte range keeps RSS bounded by the chunk, whatever the file's size.
     rows = np.memmap(path, dtype=np.float32, mode="r", offset=low, shape=((high - low) // row_bytes, size))
-    for gbif_id, offset in entries:
-        values = np.asarray(rows[(offset - low) // row_bytes])
-        kind, reason = copy_row(values, shape, dtype, sink, start + len(record["gbif_ids"]))
-        if kind:
-            record["bad"].append(bad_row(gbif_id, kind, reason, "vision"))
-        else:
-            record["gbif_ids"].append(gbif_id)
-        meter.update(0 if kind else 1, row_bytes)
+    per_batch = max(1, BATCH_BYTES // row_bytes)
+    for k in range(0, len(entries), per_batch):
+        batch = entries[k : k + per_batch]
+        values = [rows[(offset - low) // row_bytes] for _, offset in batch]
+        results = sink.copy_rows(values, start + len(record["gbif_ids"]))
+        for (gbif_id, _), (kind, reason) in zip(batch, results, strict=True):
+            if kind:
+                record["bad"].append(bad_row(gbif_id, kind, reason, "vision"))
+            else:
+                record["gbif_ids"].append(gbif_id)
+        meter.update(sum(not kind for kind, _ in results), row_bytes * len(batch))
     del rows
     return record

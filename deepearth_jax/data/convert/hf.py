@@ -22,7 +22,6 @@ from deepearth_jax.data.convert.vision import (
     Meter,
     VisionPlan,
     VisionSink,
-    copy_row,
     new_record,
     prefetched,
 )
@@ -176,6 +175,21 @@ def _open_embeddings(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     return parquet, ["gbif_id", "embedding"] + (["original_shape"] if "original_shape" in names else [])
 
 
+def _decode(batch: pa.RecordBatch, size: int) -> tuple:
+    """A batch as numpy (on the prefetch thread): ids, values, offsets, valid, shape texts, inner sizes ok."""
+    values, offsets, valid = flatten_list_column(batch.column("embedding"))
+    names = batch.schema.names
+    texts = batch.column("original_shape").to_pylist() if "original_shape" in names else None
+    return (
+        numbers(batch.column("gbif_id")),
+        values,
+        offsets,
+        valid,
+        texts,
+        inner_lists_ok(batch.column("embedding"), size),
+    )
+
+
 def copy_file(
     path: Path, wanted: list[int], shape, dtype: str, sink: VisionSink, start: int, meter: Meter
 ) -> dict:
@@ -193,12 +207,12 @@ def copy_file(
     seen: set[int] = set()
     shapes = _ShapeCheck(shape)
     batch_rows = max(1, BATCH_BYTES // (math.prod(shape) * 4))
-    for batch in prefetched(parquet.iter_batches(batch_size=batch_rows, columns=columns)):
-        ids = numbers(batch.column("gbif_id"))
-        values, offsets, valid = flatten_list_column(batch.column("embedding"))
-        texts = batch.column("original_shape").to_pylist() if "original_shape" in columns else None
-        inner = inner_lists_ok(batch.column("embedding"), shape[-1])
-        copied = 0
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
+    for ids, values, offsets, valid, texts, inner in prefetched(
+        batches, transform=lambda b: _decode(b, shape[-1])
+    ):
+        outcome: list[tuple[int, str, str]] = []  # (gbif_id, kind, reason) in source order; kind "" to copy
+        rows = []
         for i, g in enumerate(ids):
             g = int(g) if np.isfinite(g) else -1
             if g not in want:
@@ -216,16 +230,27 @@ def copy_file(
             elif texts is not None:
                 kind, reason = shapes.problem(texts[i])
             if not kind:
-                row = start + len(record["gbif_ids"])
-                kind, reason = copy_row(values[offsets[i] : offsets[i + 1]], shape, dtype, sink, row)
-            if kind:
-                record["bad"].append(bad_row(g, kind, reason, "vision"))
-            else:
-                record["gbif_ids"].append(g)
-                copied += 1
+                rows.append(values[offsets[i] : offsets[i + 1]])
+            outcome.append((g, kind, reason))
+        copied = _record(record, outcome, sink.copy_rows(rows, start + len(record["gbif_ids"])))
         meter.update(copied, int(values.nbytes))
-        del values, offsets, batch
+        del values, offsets, rows
     record["bad"].extend(
         bad_row(g, "missing_embedding", f"no row in {path.name}", "vision") for g in wanted if g not in seen
     )
     return record
+
+
+def _record(record: dict, outcome: list[tuple[int, str, str]], copies: list[tuple[str, str]]) -> int:
+    """Adds a batch's outcome to the unit's record, in source order; returns the rows copied."""
+    results = iter(copies)
+    copied = 0
+    for g, kind, reason in outcome:
+        if not kind:
+            kind, reason = next(results)
+        if kind:
+            record["bad"].append(bad_row(g, kind, reason, "vision"))
+        else:
+            record["gbif_ids"].append(g)
+            copied += 1
+    return copied

@@ -215,8 +215,12 @@ def _copy_units(
                 record = dashboard.copy_chunk(path, what, plan.shape, dtype, sink, state["next_row"], meter)
             state["units"][name] = record
             state["next_row"] = record["start"] + len(record["gbif_ids"])
-            sink.save_progress()
-            fail_if_bad([record])
+            sink.commit_progress({**state, "units": dict(state["units"])})
+            if record["bad"] and not skip_bad:
+                sink.settle()  # the failed unit is recorded, so --skip-bad resumes after it
+                fail_if_bad([record])
+        if sink is not None:
+            sink.settle()
     finally:
         meter.close()
         if sink is not None:

@@ -4,10 +4,11 @@ casting it and writing it into vision.npy, and the progress meter.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,82 +63,194 @@ class Meter:
         self.bar.close()
 
 
-def check_values(values: np.ndarray, dtype: str) -> tuple[str, str]:
-    """("", "") when a flat vision row converts to `dtype` with finite values, else (bad kind, reason).
-
-    Two SIMD reductions over the source values (NaN propagates through min and max), instead of testing
-    the converted row value by value.
-    """
-    low, high = float(values.min()), float(values.max())
-    if not (math.isfinite(low) and math.isfinite(high)):
-        count = int(values.size - np.count_nonzero(np.isfinite(values)))
-        return "non_finite", f"{count} NaN/Inf/null value(s) in the vision embedding"
-    peak = max(-low, high)
-    if dtype == "float16" and peak >= _FLOAT16_OVERFLOW:
-        return "float16_overflow", f"max |value| {peak:.6g} overflows float16 (largest 65504)"
-    if dtype == "float32" and peak > float(np.finfo(np.float32).max):
-        return "non_finite", f"max |value| {peak:.6g} overflows float32"
-    return "", ""
-
-
 class VisionSink:
-    """Writes rows into the StoreWriter's vision.npy in place, with pwrite from one reusable buffer.
+    """Checks, casts and writes vision rows into the StoreWriter's vision.npy, on a pool of threads.
 
-    Casting into a buffer that is already paged in and writing it with pwrite avoids a page fault per page
-    of a fresh memmap, and the written rows never count in this process's RSS.
+    A batch of rows is cut into pieces of about PIECE_VALUES values; each piece is checked (min and max: NaN
+    propagates) and cast into a staging buffer on a worker thread (numpy releases the GIL), so the cast runs
+    on every core while the next batch is decoded. Good rows then get consecutive row numbers in source
+    order and are written with pwrite (no page faults of a fresh memmap, nothing in this process's RSS),
+    still on the pool, while the caller moves on; `save_progress` waits for them.
     """
 
-    def __init__(self, writer: StoreWriter):
+    def __init__(self, writer: StoreWriter, workers: int | None = None):
         self.writer = writer
         array = writer.vision
         self.shape = tuple(array.shape[1:])
+        self.size = math.prod(self.shape)
+        self.dtype = array.dtype
         self.offset = int(array.offset)
-        self.buffer = np.empty(self.shape, array.dtype)
-        self.row_bytes = self.buffer.nbytes
+        self.row_bytes = self.size * self.dtype.itemsize
         try:
             self.fd = os.open(array.filename, os.O_WRONLY)
         except OSError as e:
             raise write_error(writer.path, e) from None
+        workers = workers or min(8, os.cpu_count() or 1)
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="convert-cast")
+        self.slots: list[tuple[np.ndarray, list[concurrent.futures.Future]]] = []  # staging, its writes
+        self.turn = 0
+        self.committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convert-commit")
+        self.commit: concurrent.futures.Future | None = None
 
-    def write(self, row: int, values: np.ndarray) -> None:
-        """Casts `values` (any float dtype, T*H*W*D values) into vision row `row`."""
-        np.copyto(self.buffer, values.reshape(self.shape), casting="same_kind")
-        view = memoryview(self.buffer).cast("B")
-        position = self.offset + row * self.row_bytes
+    def copy_rows(self, rows: list[np.ndarray], start: int) -> list[tuple[str, str]]:
+        """Checks flat source rows and writes the good ones as vision rows start, start + 1, ... (in order).
+
+        Returns `(kind, reason)` per row, `("", "")` for a row written. Writes may still be in flight.
+        """
+        results = [("", "")] * len(rows)
+        candidates = []
+        for i, values in enumerate(rows):
+            if values.size != self.size:
+                results[i] = ("shape", f"{values.size} values, expected {self.size} for {list(self.shape)}")
+            else:
+                candidates.append(i)
+        if not candidates:
+            return results
+        staging = self._staging(len(candidates))
+        tasks = _pieces([(rows[i], staging[j]) for j, i in enumerate(candidates)], self.size)
+        low = np.full((len(candidates), -(-self.size // _STEP_VALUES)), np.nan)
+        high = low.copy()
+        for future in [self.pool.submit(_check_and_cast, task, low, high) for task in tasks]:
+            future.result()
+        good = []
+        for j, i in enumerate(candidates):
+            results[i] = _judge(float(np.min(low[j])), float(np.max(high[j])), rows[i], self.dtype)
+            if not results[i][0]:
+                good.append(j)
+        self._write(staging, good, start)
+        return results
+
+    def _staging(self, rows: int) -> np.ndarray:
+        """A staging buffer of `rows` rows: two alternate, each reused once its writes are done."""
+        if len(self.slots) < 2:
+            self.slots.append((np.empty((0, self.size), self.dtype), []))
+        self.turn = (self.turn + 1) % len(self.slots)
+        buffer, writes = self.slots[self.turn]
+        self._wait(writes)
+        if buffer.shape[0] < rows:
+            buffer = np.empty((rows, self.size), self.dtype)
+        self.slots[self.turn] = (buffer, [])
+        return buffer[:rows]
+
+    def _write(self, staging: np.ndarray, good: list[int], start: int) -> None:
+        """Queues pwrites of the good staging rows: runs of neighbours as one range, cut into pieces."""
+        writes = self.slots[self.turn][1]
+        piece = max(1, PIECE_VALUES * self.dtype.itemsize)
+        k = 0
+        while k < len(good):
+            end = k + 1
+            while end < len(good) and good[end] == good[end - 1] + 1:
+                end += 1
+            data = memoryview(staging[good[k] : good[end - 1] + 1]).cast("B")
+            position = self.offset + (start + k) * self.row_bytes
+            for lo in range(0, len(data), piece):
+                writes.append(self.pool.submit(_pwrite, self.fd, data[lo : lo + piece], position + lo))
+            k = end
+
+    def _wait(self, writes: list[concurrent.futures.Future]) -> None:
         try:
-            while view:
-                written = os.pwrite(self.fd, view, position)
-                view, position = view[written:], position + written
+            for future in writes:
+                future.result()
         except OSError as e:
             raise write_error(self.writer.path, e) from None
+        finally:
+            writes.clear()
 
-    def save_progress(self) -> None:
-        """The rows written so far reach the disk before the manifest records them."""
+    def commit_progress(self, progress: dict) -> None:
+        """Records `progress` once the rows written so far are on disk: their fsync and the manifest update
+        run on a background thread while the caller goes on (the previous commit is finished first, so the
+        manifest never runs ahead of the data). `progress` must not change afterwards."""
+        self._wait_writes()
+        self._wait_commit()
+        self.commit = self.committer.submit(self._commit, progress)
+
+    def _commit(self, progress: dict) -> None:
         try:
             os.fsync(self.fd)
         except OSError as e:
             raise write_error(self.writer.path, e) from None
-        self.writer.save_progress()
+        self.writer.record_progress(progress)
+
+    def settle(self) -> None:
+        """Waits for every write and commit, raising the first error."""
+        self._wait_writes()
+        self._wait_commit()
+
+    def _wait_writes(self) -> None:
+        for _, writes in self.slots:
+            self._wait(writes)
+
+    def _wait_commit(self) -> None:
+        commit, self.commit = self.commit, None
+        if commit is not None:
+            commit.result()
 
     def close(self) -> None:
+        """Waits for writes and commits in flight (errors dropped: close follows settle, or a failure)."""
+        self.pool.shutdown(wait=True)
+        self.committer.shutdown(wait=True)
+        self.slots.clear()
         os.close(self.fd)
 
 
-def copy_row(values: np.ndarray, shape, dtype: str, sink: VisionSink, row: int) -> tuple[str, str]:
-    """Checks one flat source row and writes it as vision row `row`; returns ("", "") or (kind, reason)."""
-    size = math.prod(shape)
-    if values.size != size:
-        return "shape", f"{values.size} values, expected {size} for {list(shape)}"
-    kind, reason = check_values(values, dtype)
-    if kind:
-        return kind, reason
-    sink.write(row, values)
+# Values per pool task, and per step inside a task (a cache-sized part checked, then cast while still hot).
+PIECE_VALUES = 1 << 20
+_STEP_VALUES = 1 << 18
+
+
+def _pieces(pairs: list[tuple[np.ndarray, np.ndarray]], size: int) -> list[list[tuple]]:
+    """Pool tasks of about PIECE_VALUES values: `[(source, staging row, row index, lo, hi), ...]` each, cut at
+    _STEP_VALUES boundaries so that every step's min and max has its own slot."""
+    tasks, task, filled = [], [], 0
+    step_piece = max(_STEP_VALUES, PIECE_VALUES // _STEP_VALUES * _STEP_VALUES)
+    for j, (source, target) in enumerate(pairs):
+        for lo in range(0, size, step_piece):
+            hi = min(size, lo + step_piece)
+            task.append((source, target, j, lo, hi))
+            filled += hi - lo
+            if filled >= PIECE_VALUES:
+                tasks.append(task)
+                task, filled = [], 0
+    if task:
+        tasks.append(task)
+    return tasks
+
+
+def _check_and_cast(task: list[tuple], low: np.ndarray, high: np.ndarray) -> None:
+    """Records min and max of each step of the task's pieces and casts them into staging (bad rows too:
+    they are never written)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for source, target, j, lo, hi in task:
+            for s in range(lo, hi, _STEP_VALUES):
+                e = min(hi, s + _STEP_VALUES)
+                part = source[s:e]
+                low[j, s // _STEP_VALUES] = part.min()
+                high[j, s // _STEP_VALUES] = part.max()
+                np.copyto(target[s:e], part, casting="same_kind")
+
+
+def _judge(low: float, high: float, values: np.ndarray, dtype: np.dtype) -> tuple[str, str]:
+    """check_values' verdict from a row's min and max (NaN propagates through both)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        count = int(values.size - np.count_nonzero(np.isfinite(values)))
+        return "non_finite", f"{count} NaN/Inf/null value(s) in the vision embedding"
+    peak = max(-low, high)
+    if dtype == np.float16 and peak >= _FLOAT16_OVERFLOW:
+        return "float16_overflow", f"max |value| {peak:.6g} overflows float16 (largest 65504)"
+    if dtype == np.float32 and peak > float(np.finfo(np.float32).max):
+        return "non_finite", f"max |value| {peak:.6g} overflows float32"
     return "", ""
 
 
-def prefetched(batches: Iterator, depth: int = 1) -> Iterator:
-    """Yields from `batches`, produced by a background thread at most `depth` items ahead.
+def _pwrite(fd: int, data: memoryview, position: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
 
-    pyarrow decodes the next batch (without the GIL) while the caller casts and writes the current one.
+
+def prefetched(batches: Iterator, depth: int = 2, transform: Callable | None = None) -> Iterator:
+    """Yields `transform(batch)` for each batch, computed by a background thread at most `depth` ahead.
+
+    pyarrow decodes the next batches (without the GIL) while the pool checks, casts and writes this one.
     """
-    return background_iter(batches, depth, name="convert-prefetch")
+    return background_iter(batches, depth, transform, name="convert-prefetch")
