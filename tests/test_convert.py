@@ -465,6 +465,8 @@ def test_convert_benchmark_reports_figures(hf_source, tmp_path, capsys):
         figures["source_vision_bytes"] == figures["ceiling_bytes_read"] == n_vision * int(np.prod(SHAPE)) * 4
     )
     assert figures["convert_mb_per_s"] > 0 and figures["ceiling_mb_per_s"] > 0
+    ratio = figures["convert_mb_per_s"] / figures["ceiling_mb_per_s"]
+    assert figures["convert_read_ratio"] == pytest.approx(ratio, abs=2e-3)
     assert 20e6 < figures["convert_peak_rss_bytes"] < 2e9
     assert "convert peak RSS" in capsys.readouterr().out
 

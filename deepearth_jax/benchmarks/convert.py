@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "convert_seconds": round(seconds, 3),
         "convert_mb_per_s": round(source_bytes / seconds / 1e6, 3),
         "convert_rows_per_s": round(vision_rows / seconds, 2),
+        "convert_read_ratio": round(source_bytes / seconds / (bytes_read / ceiling_seconds), 3),
         "convert_peak_rss_bytes": peak_rss,
         "cpus": os.cpu_count(),
         "machine": os.uname().machine,
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         f"  convert, end to end            {figures['convert_mb_per_s']:>8.1f} MB/s  "
         f"({seconds:.2f} s, {figures['convert_rows_per_s']:.1f} rows/s, -> {args.dtype})"
     )
+    print(f"  convert / read                 {figures['convert_read_ratio']:>8.2f}")
     print(f"  convert peak RSS               {format_bytes(peak_rss)}")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -53,30 +53,46 @@ class _LanguageVectors:
     def add_batch(self, taxa: list, column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Registers a batch's vectors: `(candidate id per row (-1: none), problem per row)`.
 
-        Problems: 0 none, 1 missing or empty, 2 NaN/Inf.
+        Problems: 0 none, 1 missing or empty, 2 NaN/Inf. Vectorised: the rows of one length are checked as
+        a matrix and grouped by taxon and vector (`_groups`); one vector per group is hashed, and new
+        (taxon, vector) pairs are numbered in the order of their first row, as a row-by-row pass would (ties
+        between a taxon's vectors go to the first seen).
         """
         values, offsets, valid = flatten_list_column(column)
         n = len(taxa)
-        vec_ids = np.full(n, -1, np.int64)
         problem = np.zeros(n, np.int8)
         lengths = np.diff(offsets)
-        for i in range(n):
-            if not valid[i] or lengths[i] == 0:
-                problem[i] = 1
-                continue
-            vector = np.asarray(values[offsets[i] : offsets[i + 1]], np.float32)
-            if not np.isfinite(vector).all():
-                problem[i] = 2
-                continue
-            key = (str(taxa[i]), hashlib.sha1(vector.tobytes()).digest())
-            if key not in self.index:
-                self.index[key] = len(self.counts)
-                self.vectors.append(vector.copy())
-                self.counts.append(0)
-                self.taxa.append(str(taxa[i]))
-            vec_ids[i] = self.index[key]
-            self.counts[vec_ids[i]] += 1
-        return vec_ids, problem
+        present = valid & (lengths > 0)
+        problem[~present] = 1
+        taxon_codes, taxon_names = _codes([str(t) for t in taxa])
+        leaders, sizes, vectors = [], [], []  # per group: its first row, its row count, its vector
+        group_of = np.full(n, -1, np.int64)
+        for length in np.unique(lengths[present]):
+            rows = np.flatnonzero(present & (lengths == length))
+            matrix = _rows_matrix(values, offsets[rows], int(length))
+            finite = np.isfinite(matrix.max(axis=1)) & np.isfinite(matrix.min(axis=1))  # NaN propagates
+            problem[rows[~finite]] = 2
+            rows, matrix = rows[finite], matrix[finite]
+            first, group = _groups(matrix, taxon_codes[rows])
+            group_of[rows] = group + len(leaders)
+            leaders.extend(rows[first].tolist())
+            sizes.extend(np.bincount(group, minlength=len(first)).tolist())
+            vectors.extend(matrix[first])
+        candidate = np.full(len(leaders) + 1, -1, np.int64)  # the last entry stays -1: rows with no vector
+        for k in np.argsort(leaders, kind="stable"):
+            candidate[k] = self._add(taxon_names[taxon_codes[leaders[k]]], vectors[k], sizes[k])
+        return candidate[group_of], problem
+
+    def _add(self, taxon: str, vector: np.ndarray, rows: int) -> int:
+        """The candidate id of (taxon, vector), registered if new; `rows` more rows hold it."""
+        key = (taxon, hashlib.sha1(vector.tobytes()).digest())
+        if key not in self.index:
+            self.index[key] = len(self.counts)
+            self.vectors.append(vector.copy())
+            self.counts.append(0)
+            self.taxa.append(taxon)
+        self.counts[self.index[key]] += rows
+        return self.index[key]
 
     def reference(self) -> tuple[int, dict[str, int]]:
         """`(language dim, taxon -> its candidate id)`.
@@ -96,6 +112,49 @@ class _LanguageVectors:
             if t not in reference or self.counts[k] > self.counts[reference[t]]:
                 reference[t] = k
         return dim, reference
+
+
+def _rows_matrix(values: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """`(len(starts), length)` float32 rows of `values` from `starts`: a view when the rows lie end to end."""
+    if len(starts) and (np.diff(starts) == length).all():
+        block = values[starts[0] : starts[0] + len(starts) * length].reshape(len(starts), length)
+    else:
+        block = np.lib.stride_tricks.sliding_window_view(values, length)[starts]
+    return np.ascontiguousarray(block, np.float32)
+
+
+def _groups(matrix: np.ndarray, taxon_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of equal (taxon, vector): `(first row of each group, group of each row)`.
+
+    Rows are grouped by (taxon, sum of the vector's bits), then compared bit for bit with their group's
+    first row; a row that differs gets a group of its own, so grouping never merges different vectors.
+    """
+    bits = matrix.view(np.uint32)
+    checksum = bits.sum(axis=1, dtype=np.uint64).view(np.int64)
+    _, first, group = np.unique(
+        np.stack([taxon_codes, checksum], axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    group = group.ravel()
+    differs = np.flatnonzero((bits != bits[first[group]]).any(axis=1))
+    while len(differs):  # rare: a sum shared by different vectors; split them off and compare again
+        start = len(first)
+        _, own, regroup = np.unique(
+            np.stack([taxon_codes[differs], checksum[differs], group[differs]], axis=1),
+            axis=0,
+            return_index=True,
+            return_inverse=True,
+        )
+        first = np.concatenate([first, differs[own]])
+        group[differs] = start + regroup.ravel()
+        differs = differs[(bits[differs] != bits[first[group[differs]]]).any(axis=1)]
+    return first, group
+
+
+def _codes(names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """`(code per name, distinct names)`: equal names share a code."""
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(t, len(index)) for t in names), np.int64, count=len(names))
+    return codes, list(index)
 
 
 def _open(path: Path) -> tuple[pq.ParquetFile, list[str]]:
