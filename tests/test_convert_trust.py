@@ -336,3 +336,45 @@ def test_error_line_never_glued_to_a_progress_bar(capsys):
     err = capsys.readouterr().err
     assert "working" in err
     assert _one_error_line(err) == "error: the disk went away"
+
+
+@pytest.mark.parametrize("layout", ["hf", "dashboard"])
+def test_checksums_hashed_while_writing_equal_a_full_read(tmp_path, monkeypatch, layout):
+    """Chunks of 7 rows, a conversion killed after its second unit and resumed mid-chunk: the manifest's
+    checksums (most hashed as rows were written, the rest read back) equal those of a full read."""
+    from deepearth_jax.data import store_check
+    from deepearth_jax.data.convert import dashboard as convert_dashboard
+    from deepearth_jax.data.convert import hf as convert_hf
+
+    row_bytes = int(np.prod(SHAPE)) * 2
+    monkeypatch.setattr(store_check, "CHECKSUM_CHUNK_BYTES", 7 * row_bytes)
+    dataset = small_dataset(observations=60, seed=test_seed())
+    if layout == "hf":
+        source = synthetic.write_hf(dataset, tmp_path / "src")
+        module, name, kwargs = convert_hf, "copy_file", {}
+    else:
+        source = synthetic.write_dashboard(dataset, tmp_path / "src")
+        module, name, kwargs = convert_dashboard, "copy_chunk", {"vision_shape": SHAPE}
+        monkeypatch.setattr(convert_dashboard, "CHUNK_BYTES", 5 * int(np.prod(SHAPE)) * 4)
+    real, calls = getattr(module, name), []
+
+    def dies_on_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, name, dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        convert_lib.convert(source, tmp_path / "resumed", **kwargs)
+    monkeypatch.setattr(module, name, real)
+    resumed = convert_lib.convert(source, tmp_path / "resumed", **kwargs)
+    manifest = resumed.manifest["arrays"]["vision"]["checksums"]
+    assert manifest["rows_per_chunk"] == 7 and len(manifest["chunk_sha256"]) == -(
+        -resumed.vision.shape[0] // 7
+    )
+    full, _ = store_check.array_checksums(resumed.path / store_lib.VISION_FILE)
+    assert manifest == full
+    assert store_check.verify_store(resumed.path) == []
+    clean = convert_lib.convert(source, tmp_path / "clean", **kwargs)
+    assert clean.manifest["arrays"] == resumed.manifest["arrays"]

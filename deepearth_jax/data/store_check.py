@@ -61,11 +61,13 @@ def array_checksums(
     check_finite: bool = False,
     progress: Callable[[int], None] | None = None,
     workers: int = 2,
+    known: dict[int, str] | None = None,
 ) -> tuple[dict, int]:
     """Chunked checksums of a .npy file: `({header_sha256, rows_per_chunk, chunk_sha256}, non_finite_count)`.
 
     Rows are hashed in chunks of about CHECKSUM_CHUNK_BYTES, on `workers` threads (hashlib releases the GIL).
-    `progress(nbytes)` is called as chunks finish.
+    `progress(nbytes)` is called as chunks finish. `known` gives digests of chunks already hashed by the
+    writer as it wrote them (chunk index -> sha256); only the others are read (not with check_finite).
     """
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     header_bytes = npy_header_bytes(path)
@@ -79,6 +81,9 @@ def array_checksums(
     non_finite = 0
     dtype = array.dtype
     del array
+    if known and not check_finite:
+        for i in range(len(starts)):
+            digests[i] = known.get(i, "")
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {
             pool.submit(
@@ -90,6 +95,7 @@ def array_checksums(
                 check_finite,
             ): i
             for i, s in enumerate(starts)
+            if not digests[i]
         }
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]

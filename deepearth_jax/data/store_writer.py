@@ -216,8 +216,13 @@ class StoreWriter:
         skipped: list[dict] | None = None,
         extra: dict | None = None,
         progress: Callable[[int], None] | None = None,
+        known_chunks: dict[str, dict[int, str]] | None = None,
     ) -> dict:
-        """Writes the tables, checksums everything and marks the store complete; returns the manifest."""
+        """Writes the tables, checksums everything and marks the store complete; returns the manifest.
+
+        `known_chunks` maps an array name to the chunk digests its writer computed while writing (see
+        `array_checksums`); those chunks are not read again.
+        """
         observations = observations.select(OBSERVATION_SCHEMA.names).cast(OBSERVATION_SCHEMA)
         species = species.select(SPECIES_SCHEMA.names).cast(SPECIES_SCHEMA)
         for array in self.arrays.values():
@@ -227,7 +232,8 @@ class StoreWriter:
         arrays_meta = {}
         for name, array in self.arrays.items():
             file_name = VISION_FILE if name == "vision" else LANGUAGE_FILE
-            sums, _ = array_checksums(self.path / file_name, progress=progress)
+            known = (known_chunks or {}).get(name)
+            sums, _ = array_checksums(self.path / file_name, progress=progress, known=known)
             arrays_meta[name] = {
                 "file": file_name,
                 "shape": list(array.shape),

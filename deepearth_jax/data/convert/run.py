@@ -138,8 +138,8 @@ def _write(
     writer.save_progress()
     if state["units"]:
         log.info("resuming %s: %d of %d source units already done", out, len(state["units"]), len(plan.units))
-    _copy_units(source, layout, plan, writer, options["dtype"], skip_bad, progress)
-    _finish(writer, obs, plan)
+    known = _copy_units(source, layout, plan, writer, options["dtype"], skip_bad, progress)
+    _finish(writer, obs, plan, known)
 
 
 def _read_and_plan(
@@ -186,8 +186,9 @@ def _copy_units(
     dtype: str,
     skip_bad: bool,
     progress: bool,
-) -> None:
-    """Step 3: copies the units not yet done, recording each in the manifest once its rows are on disk."""
+) -> dict[int, str]:
+    """Step 3: copies the units not yet done, recording each in the manifest once its rows are on disk;
+    returns the vision checksum chunks hashed on the way (VisionSink.settle)."""
     state = writer.progress
 
     def fail_if_bad(records: list[dict]) -> None:
@@ -202,7 +203,7 @@ def _copy_units(
 
     fail_if_bad(list(state["units"].values()))
     todo = [(name, what) for name, what in plan.units if name not in state["units"]]
-    sink = VisionSink(writer) if writer.vision is not None else None
+    sink = VisionSink(writer, state["next_row"]) if writer.vision is not None else None
     meter = Meter(plan.num_rows, progress, "convert")
     meter.update(sum(len(r["gbif_ids"]) for r in state["units"].values()), 0)
     try:
@@ -219,16 +220,16 @@ def _copy_units(
             if record["bad"] and not skip_bad:
                 sink.settle()  # the failed unit is recorded, so --skip-bad resumes after it
                 fail_if_bad([record])
-        if sink is not None:
-            sink.settle()
+        return sink.settle() if sink is not None else {}
     finally:
         meter.close()
         if sink is not None:
             sink.close()
 
 
-def _finish(writer: StoreWriter, obs: Observations, plan: VisionPlan) -> None:
-    """Step 4: vision.npy cut to the rows written, the tables built, the store checksummed and completed."""
+def _finish(writer: StoreWriter, obs: Observations, plan: VisionPlan, known: dict[int, str]) -> None:
+    """Step 4: vision.npy cut to the rows written, the tables built, the store checksummed (vision chunks
+    hashed while they were written are not read again) and completed."""
     state = writer.progress
     records = [state["units"][name] for name, _ in plan.units]
     vision_row_of = {g: r["start"] + k for r in records for k, g in enumerate(r["gbif_ids"])}
@@ -253,7 +254,9 @@ def _finish(writer: StoreWriter, obs: Observations, plan: VisionPlan) -> None:
         "has_vision_without_embedding": int((obs.has_vision & ~has_row).sum()),
         "embedding_without_has_vision": int((~obs.has_vision & has_row).sum()),
     }
-    writer.finalize(observations, species, skipped=skipped, extra={"conversion": stats})
+    writer.finalize(
+        observations, species, skipped=skipped, extra={"conversion": stats}, known_chunks={"vision": known}
+    )
 
 
 def _existing_conversion(out: Path) -> dict | None:

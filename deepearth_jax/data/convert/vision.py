@@ -5,6 +5,7 @@ casting it and writing it into vision.npy, and the progress meter.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import math
 import os
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deepearth_jax.data.background import background_iter
+from deepearth_jax.data.store_check import rows_per_chunk
 from deepearth_jax.data.store_writer import StoreWriter, write_error
 from deepearth_jax.io import progress_bar
 
@@ -73,7 +75,7 @@ class VisionSink:
     still on the pool, while the caller moves on; `save_progress` waits for them.
     """
 
-    def __init__(self, writer: StoreWriter, workers: int | None = None):
+    def __init__(self, writer: StoreWriter, start: int, workers: int | None = None):
         self.writer = writer
         array = writer.vision
         self.shape = tuple(array.shape[1:])
@@ -91,6 +93,8 @@ class VisionSink:
         self.turn = 0
         self.committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convert-commit")
         self.commit: concurrent.futures.Future | None = None
+        self.hasher = _ChunkHasher(rows_per_chunk(self.row_bytes), self.row_bytes, start)
+        self.hashing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convert-hash")
 
     def copy_rows(self, rows: list[np.ndarray], start: int) -> list[tuple[str, str]]:
         """Checks flat source rows and writes the good ones as vision rows start, start + 1, ... (in order).
@@ -145,6 +149,7 @@ class VisionSink:
             position = self.offset + (start + k) * self.row_bytes
             for lo in range(0, len(data), piece):
                 writes.append(self.pool.submit(_pwrite, self.fd, data[lo : lo + piece], position + lo))
+            writes.append(self.hashing.submit(self.hasher.feed, data, start + k, end - k))
             k = end
 
     def _wait(self, writes: list[concurrent.futures.Future]) -> None:
@@ -171,10 +176,13 @@ class VisionSink:
             raise write_error(self.writer.path, e) from None
         self.writer.record_progress(progress)
 
-    def settle(self) -> None:
-        """Waits for every write and commit, raising the first error."""
+    def settle(self) -> dict[int, str]:
+        """Waits for every write and commit, raising the first error; returns the digests of the checksum
+        chunks of vision.npy hashed as they were written (`array_checksums(known=...)`), valid once the
+        array is cut to the rows written."""
         self._wait_writes()
         self._wait_commit()
+        return self.hashing.submit(self.hasher.finish).result()
 
     def _wait_writes(self) -> None:
         for _, writes in self.slots:
@@ -189,8 +197,40 @@ class VisionSink:
         """Waits for writes and commits in flight (errors dropped: close follows settle, or a failure)."""
         self.pool.shutdown(wait=True)
         self.committer.shutdown(wait=True)
+        self.hashing.shutdown(wait=True)
         self.slots.clear()
         os.close(self.fd)
+
+
+class _ChunkHasher:
+    """SHA-256 of vision.npy's checksum chunks (`rows_per_chunk` rows each), fed rows in row order as they
+    are written, on one thread. A chunk begun before `start` (resumed conversions) is read back later."""
+
+    def __init__(self, rows_per_chunk: int, row_bytes: int, start: int):
+        self.per_chunk, self.row_bytes, self.row = rows_per_chunk, row_bytes, start
+        self.whole = start % rows_per_chunk == 0  # whether this chunk is hashed from its first row
+        self.sha = hashlib.sha256()
+        self.digests: dict[int, str] = {}
+
+    def feed(self, data: memoryview, row: int, rows: int) -> None:
+        if row != self.row:
+            raise RuntimeError(f"vision rows hashed out of order: row {row}, expected {self.row}")
+        offset = 0
+        while rows:
+            take = min(rows, self.per_chunk - self.row % self.per_chunk)
+            if self.whole:
+                self.sha.update(data[offset : offset + take * self.row_bytes])
+            offset, self.row, rows = offset + take * self.row_bytes, self.row + take, rows - take
+            if self.row % self.per_chunk == 0:
+                if self.whole:
+                    self.digests[self.row // self.per_chunk - 1] = self.sha.hexdigest()
+                self.sha, self.whole = hashlib.sha256(), True
+
+    def finish(self) -> dict[int, str]:
+        """The digests, with the last chunk's if it is partial (the array ends at the last row fed)."""
+        if self.row % self.per_chunk and self.whole:
+            self.digests[self.row // self.per_chunk] = self.sha.hexdigest()
+        return dict(self.digests)
 
 
 # Values per pool task, and per step inside a task (a cache-sized part checked, then cast while still hot).
