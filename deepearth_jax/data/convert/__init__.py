@@ -12,11 +12,15 @@ How it runs:
   2. Every observation row is validated; with bad rows and no `--skip-bad` the command stops here, before
      anything is written.
   3. Vision rows are copied one source unit at a time (an embeddings file, or a chunk of ~256 MB of the
-     mmap) straight into `vision.npy`, in source order; after each unit the arrays are flushed and the unit
-     is recorded in the incomplete manifest, so a rerun of the same command resumes after the last finished
-     unit and ends with the same bytes as an uninterrupted run. RAM holds a few batches of ~64 MB (one
-     decoded by a prefetch thread while the previous one is cast and written with pwrite).
-  4. The tables are written, everything is checksummed and the manifest is marked complete (atomically).
+     mmap) straight into `vision.npy`, in source order. Reading, casting and writing overlap: a prefetch
+     thread decodes the next batches of ~64 MB while a pool of threads checks and casts this one in
+     cache-sized pieces and writes the good rows with pwrite, and one thread hashes them (the checksum
+     chunks) in row order. Once a unit's rows are durable (fsync, in the background while the next unit is
+     copied) it is recorded in the incomplete manifest, so a rerun of the same command resumes after the
+     last recorded unit and ends with the same bytes as an uninterrupted run. RAM holds a few batches,
+     whatever the dataset's size.
+  4. The tables are written, what was not hashed on the way is checksummed, and the manifest is marked
+     complete (atomically).
 
 Decisions:
   * vision_index.parquet may list a gbif_id several times: the first entry wins (as in the original); the
@@ -27,7 +31,9 @@ Decisions:
     would turn into Inf) makes the row bad, never a silent Inf.
   * A bad vision row (wrong shape, NaN/Inf, float16 overflow, no embedding row) drops the vision of that
     observation only (it keeps vision_row -1: never zeros); a bad observation row (duplicate id, no
-    coordinates or date, no taxon, bad language vector) drops the observation. Without `--skip-bad` either
+    coordinates, no or an impossible date or clock time, no or a blank taxon, bad language vector) drops
+    the observation. A --vision-shape the source contradicts, or a dashboard index that gives one row to
+    several observations, is refused outright. Without `--skip-bad` either
     fails the command with per-kind counts and the first ids. A failure during step 3 leaves the store
     incomplete (`verify` and `open_store` reject it) with its progress, so that `--skip-bad` can resume it
     without rereading finished files; a failure in step 1-2 writes nothing.
