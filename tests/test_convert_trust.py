@@ -378,3 +378,46 @@ def test_checksums_hashed_while_writing_equal_a_full_read(tmp_path, monkeypatch,
     assert store_check.verify_store(resumed.path) == []
     clean = convert_lib.convert(source, tmp_path / "clean", **kwargs)
     assert clean.manifest["arrays"] == resumed.manifest["arrays"]
+
+
+def test_text_where_numbers_belong_in_the_hf_tables(hf_source, tmp_path, capsys):
+    _, source = hf_source
+
+    def as_text(rows):
+        for row in rows:
+            row["latitude"] = str(row["latitude"])
+        rows[2]["latitude"] = "north"
+        return rows
+
+    _edit_observations(source, as_text, {"latitude": pa.string()})
+    assert data_main(["convert", str(source), "--out", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(
+        f"error: {source / 'observations.parquet'}: column latitude (string) cannot be read"
+    )
+    assert not (tmp_path / "a").exists()
+
+
+def test_text_in_the_vision_index(hf_source, tmp_path, capsys):
+    _, source = hf_source
+    index = source / "vision_index.parquet"
+    table = pq.read_table(index)
+    column = pa.array([str(v) for v in table["file_idx"].to_pylist()[:-1]] + ["x"], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("file_idx"), "file_idx", column), index)
+    assert data_main(["convert", str(source), "--out", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {index}: gbif_id and file_idx must be numbers: ")
+    assert not (tmp_path / "a").exists()
+
+
+def test_damaged_observations_file(hf_source, tmp_path, capsys):
+    _, source = hf_source
+    path = source / "observations.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)  # zeros in the middle of the column data
+    path.write_bytes(bytes(data))
+    status = data_main(["convert", str(source), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    if status != 0:  # a damage the format notices: one line naming the file
+        assert _one_error_line(err).startswith("error: ") and "observations.parquet" in err
+    assert "Traceback" not in err

@@ -48,8 +48,11 @@ def plan(source: Path, obs: Observations, vision_shape: tuple[int, ...] | None) 
     for name in ("gbif_id", "file_idx"):
         if name not in index.column_names:
             raise StoreError(f"{index_path} lacks column {name}")
-    gbif = numbers(index.column("gbif_id"))
-    file_idx = numbers(index.column("file_idx"))
+    try:
+        gbif = numbers(index.column("gbif_id"))
+        file_idx = numbers(index.column("file_idx"))
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise StoreError(f"{index_path}: gbif_id and file_idx must be numbers: {e}") from None
     valid = np.isfinite(gbif) & np.isfinite(file_idx) & (file_idx >= 0)
     gbif, file_idx = gbif[valid].astype(np.int64), file_idx[valid].astype(np.int64)
     _, first = np.unique(gbif, return_index=True)

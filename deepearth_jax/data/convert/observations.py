@@ -6,6 +6,7 @@ bad). RAM holds one batch of rows plus one vector per distinct (species, vector)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,27 +170,54 @@ def _open(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     return parquet, [c for c in (*OBSERVATION_COLUMNS, *OPTIONAL_OBSERVATION_COLUMNS) if c in names]
 
 
+def _batches(parquet: pq.ParquetFile, columns: list[str], path: Path):
+    """The file's batches; a file that turns out damaged part way is a one-line StoreError naming it."""
+    batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise StoreError(f"cannot read {path}: {e}") from None
+        yield batch
+
+
+@contextlib.contextmanager
+def _column_errors(parquet: pq.ParquetFile, name: str, path: Path):
+    """A column of the wrong type (text where numbers belong, ...) is a one-line StoreError naming it."""
+    try:
+        yield
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        kind = parquet.schema_arrow.field(name).type
+        raise StoreError(
+            f"{path}: column {name} ({kind}) cannot be read as expected: {e}"
+        ) from None
+
+
 def _collect(
-    parquet: pq.ParquetFile, columns: list[str], progress: Callable[[int], None] | None
+    parquet: pq.ParquetFile, columns: list[str], progress: Callable[[int], None] | None, path: Path
 ) -> tuple[dict, _LanguageVectors, np.ndarray, np.ndarray]:
     """Reads every batch: `(columns, language vectors, candidate id per row, problem per row)`."""
     parts: dict[str, list] = {k: [] for k in columns if k != "language_embedding"}
     vectors = _LanguageVectors()
     row_vector, row_problem = [], []
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in _batches(parquet, columns, path):
         for name in parts:
-            col = batch.column(name)
-            if name in ("taxon_id", "taxon_name", "split"):
-                parts[name].extend(strings(col))
-            elif name == "image_urls":
-                parts[name].extend(first_urls(col))
-            elif name == "has_vision":
-                parts[name].append(col.cast(pa.bool_()).fill_null(False).to_numpy(zero_copy_only=False))
-            else:
-                parts[name].append(numbers(col))
-        vec_ids, problem = vectors.add_batch(
-            strings(batch.column("taxon_name")), batch.column("language_embedding")
-        )
+            with _column_errors(parquet, name, path):
+                col = batch.column(name)
+                if name in ("taxon_id", "taxon_name", "split"):
+                    parts[name].extend(strings(col))
+                elif name == "image_urls":
+                    parts[name].extend(first_urls(col))
+                elif name == "has_vision":
+                    parts[name].append(col.cast(pa.bool_()).fill_null(False).to_numpy(zero_copy_only=False))
+                else:
+                    parts[name].append(numbers(col))
+        with _column_errors(parquet, "language_embedding", path):
+            vec_ids, problem = vectors.add_batch(
+                strings(batch.column("taxon_name")), batch.column("language_embedding")
+            )
         row_vector.append(vec_ids)
         row_problem.append(problem)
         if progress is not None:
@@ -220,7 +248,7 @@ def _validate_metadata(flags: _Flags, cols: dict) -> tuple[np.ndarray, np.ndarra
     """Flags bad ids, duplicates, taxa, coordinates and dates; returns `(gbif_id int64, id ok)`."""
     gbif_f = cols["gbif_id"]
     n = len(gbif_f)
-    gbif_ok = np.isfinite(gbif_f) & (gbif_f >= 0) & (gbif_f == np.round(gbif_f))
+    gbif_ok = np.isfinite(gbif_f) & (gbif_f >= 0) & (gbif_f < 2.0**63) & (gbif_f == np.round(gbif_f))
     gbif = np.where(gbif_ok, gbif_f, -1).astype(np.int64)
     flags.flag(~gbif_ok, "bad_id", lambda i: f"row {i} of observations.parquet has gbif_id {gbif_f[i]}")
     _, first = np.unique(gbif, return_index=True)
@@ -323,7 +351,7 @@ def _kept_columns(cols: dict, gbif: np.ndarray, taxon_ids: list, rows: np.ndarra
 def read_observations(path: Path, progress: Callable[[int], None] | None = None) -> Observations:
     """Reads and validates observations.parquet in batches; `progress(rows)` is called per batch."""
     parquet, columns = _open(path)
-    cols, vectors, vec_ids, problem = _collect(parquet, columns, progress)
+    cols, vectors, vec_ids, problem = _collect(parquet, columns, progress, path)
     n = parquet.metadata.num_rows
     taxon_names = cols["taxon_name"]
     taxon_ids = cols.get("taxon_id", [None] * n)
