@@ -421,3 +421,17 @@ def test_damaged_observations_file(hf_source, tmp_path, capsys):
     if status != 0:  # a damage the format notices: one line naming the file
         assert _one_error_line(err).startswith("error: ") and "observations.parquet" in err
     assert "Traceback" not in err
+
+
+def test_row_groups_decoded_in_parallel_give_the_same_store(hf_source, tmp_path):
+    """Embeddings files of many small row groups take the parallel decoding path: same bytes."""
+    _, source = hf_source
+    clean = convert_lib.convert(source, tmp_path / "clean")
+    for path in sorted((source / "vision_embeddings").glob("*.parquet")):
+        pq.write_table(pq.read_table(path), path, row_group_size=3)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 2
+    parallel = convert_lib.convert(source, tmp_path / "parallel")
+    for name in (store_lib.VISION_FILE, store_lib.LANGUAGE_FILE, store_lib.OBSERVATIONS_FILE):
+        assert (clean.path / name).read_bytes() == (parallel.path / name).read_bytes()
+    assert clean.manifest["arrays"] == parallel.manifest["arrays"]
+    assert clean.manifest["conversion"] == parallel.manifest["conversion"]

@@ -8,12 +8,16 @@ embeddings file the first row of a gbif_id wins, later ones are counted; `row_id
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepearth_jax.data.background import ordered_map
 from deepearth_jax.data.convert.columns import flatten_list_column, inner_lists_ok, numbers
 from deepearth_jax.data.convert.errors import bad_row
 from deepearth_jax.data.convert.observations import Observations
@@ -35,6 +39,8 @@ from deepearth_jax.data.sources import (
 )
 from deepearth_jax.data.store import StoreError
 
+_DECODERS = 4  # threads decoding row groups at once (at most the CPU count)
+_PARALLEL_ROW_GROUP_BYTES = 2 * BATCH_BYTES
 _ROWS_TO_TRY = 16  # leading rows read to find one that states its shape consistently
 
 
@@ -193,6 +199,34 @@ def _decode(batch: pa.RecordBatch, size: int) -> tuple:
     )
 
 
+def _decoded_batches(
+    path: Path, parquet: pq.ParquetFile, columns: list[str], batch_rows: int, size: int
+) -> Iterator[tuple]:
+    """The file's batches of `batch_rows` rows, decoded (`_decode`) ahead of the caller.
+
+    Row groups of at most _PARALLEL_ROW_GROUP_BYTES are decoded by several threads at once (pyarrow
+    releases the GIL), in order; a file of one row group, or of larger ones, is streamed a batch at a time
+    by one prefetch thread, so that memory stays bounded whatever the file's layout.
+    """
+    meta = parquet.metadata
+    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    if len(sizes) < 2 or max(sizes) > _PARALLEL_ROW_GROUP_BYTES:
+        batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
+        yield from prefetched(batches, transform=lambda b: _decode(b, size))
+        return
+    local = threading.local()
+
+    def read(group: int) -> list[tuple]:
+        if not hasattr(local, "file"):
+            local.file = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
+        table = local.file.read_row_group(group, columns=columns)
+        return [_decode(b, size) for b in table.to_batches(max_chunksize=batch_rows)]
+
+    workers = min(_DECODERS, os.cpu_count() or 1)
+    for decoded in ordered_map(read, range(len(sizes)), workers, depth=workers + 1, name="convert-decode"):
+        yield from decoded
+
+
 def copy_file(
     path: Path, wanted: list[int], shape, dtype: str, sink: VisionSink, start: int, meter: Meter
 ) -> dict:
@@ -210,9 +244,8 @@ def copy_file(
     seen: set[int] = set()
     shapes = _ShapeCheck(shape)
     batch_rows = max(1, BATCH_BYTES // (math.prod(shape) * 4))
-    batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-    for ids, values, offsets, valid, texts, inner in prefetched(
-        batches, transform=lambda b: _decode(b, shape[-1])
+    for ids, values, offsets, valid, texts, inner in _decoded_batches(
+        path, parquet, columns, batch_rows, shape[-1]
     ):
         outcome: list[tuple[int, str, str]] = []  # (gbif_id, kind, reason) in source order; kind "" to copy
         rows = []

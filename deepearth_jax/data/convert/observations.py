@@ -190,9 +190,7 @@ def _column_errors(parquet: pq.ParquetFile, name: str, path: Path):
         yield
     except (pa.ArrowException, ValueError, TypeError) as e:
         kind = parquet.schema_arrow.field(name).type
-        raise StoreError(
-            f"{path}: column {name} ({kind}) cannot be read as expected: {e}"
-        ) from None
+        raise StoreError(f"{path}: column {name} ({kind}) cannot be read as expected: {e}") from None
 
 
 def _collect(
