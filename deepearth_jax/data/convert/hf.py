@@ -40,7 +40,7 @@ from deepearth_jax.data.sources import (
 from deepearth_jax.data.store import StoreError
 
 _DECODERS = 4  # threads decoding row groups at once (at most the CPU count)
-_PARALLEL_ROW_GROUP_BYTES = 2 * BATCH_BYTES
+_PARALLEL_ROW_GROUP_BYTES = BATCH_BYTES
 _ROWS_TO_TRY = 16  # leading rows read to find one that states its shape consistently
 
 
@@ -274,6 +274,7 @@ def copy_file(
     record["bad"].extend(
         bad_row(g, "missing_embedding", f"no row in {path.name}", "vision") for g in wanted if g not in seen
     )
+    pa.default_memory_pool().release_unused()  # decoding threads' freed buffers, back to the system
     return record
 
 
