@@ -192,6 +192,7 @@ BAD_ROWS = {  # case: (row, new values, kind, reason)
 def test_impossible_dates_times_and_blank_taxa_are_bad_rows(hf_source, tmp_path, case):
     dataset, source = hf_source
     row, values, kind, reason = BAD_ROWS[case]
+    assert kind in convert_lib.BAD_KINDS  # every kind a manifest records is described there
     _edit_observations(source, _set(row, **values))
     gbif = int(dataset.gbif_id[row])
     with pytest.raises(convert_lib.ConvertError) as e:

@@ -20,7 +20,6 @@ HF_VISION_INDEX_FILE = "vision_index.parquet"
 HF_VISION_DIR = "vision_embeddings"
 DASHBOARD_MMAP_FILE = "embeddings.mmap"
 DASHBOARD_INDEX_FILE = "embeddings_index.db"
-DASHBOARD_INDEX_TABLE = "embedding_index"
 
 # V-JEPA 2's token grid (T, H, W, D) and the language model's embedding size, as published.
 REAL_VISION_SHAPE = (8, 24, 24, 1408)
