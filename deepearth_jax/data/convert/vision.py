@@ -69,11 +69,13 @@ class Meter:
 class VisionSink:
     """Checks, casts and writes vision rows into the StoreWriter's vision.npy, on a pool of threads.
 
-    A batch of rows is cut into pieces of about PIECE_VALUES values; each piece is checked (min and max: NaN
-    propagates) and cast into a staging buffer on a worker thread (numpy releases the GIL), so the cast runs
-    on every core while the next batch is decoded. Good rows then get consecutive row numbers in source
-    order and are written with pwrite (no page faults of a fresh memmap, nothing in this process's RSS),
-    still on the pool, while the caller moves on; `save_progress` waits for them.
+    A batch of rows is cut into pieces of about PIECE_VALUES values; each piece is checked (its largest
+    magnitude, or min and max: NaN propagates) and cast into a staging buffer on a worker thread (numpy
+    releases the GIL), so the cast runs on every core while the next batch is decoded. Good rows then get
+    consecutive row numbers in source order and are written with pwrite (no page faults of a fresh memmap,
+    nothing in this process's RSS) on the pool, and hashed in row order on one more thread (the manifest's
+    checksum chunks), while the caller moves on. `commit_progress` records a unit once its rows are
+    durable; `settle` waits for everything.
     """
 
     def __init__(self, writer: StoreWriter, start: int, workers: int | None = None):
