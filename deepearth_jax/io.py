@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ class _NoBar:
         pass
 
 
+_OPEN_BARS: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_progress_bars() -> None:
+    """Closes every bar still open (each ends its line), so that a message printed next starts on a fresh
+    line instead of being glued to a bar an exception left behind."""
+    for bar in list(_OPEN_BARS):
+        bar.close()
+
+
 def progress_bar(
     total: int,
     desc: str,
@@ -70,7 +81,7 @@ def progress_bar(
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(
+    bar = tqdm(
         total=total,
         initial=initial,
         desc=desc,
@@ -80,3 +91,14 @@ def progress_bar(
         mininterval=mininterval,
         file=sys.stderr,
     )
+    _OPEN_BARS.add(bar)
+    return bar
+
+
+def format_bytes(n: float) -> str:
+    """`1234567` -> `"1.2 MB"` (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

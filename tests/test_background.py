@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from deepearth_jax.data.background import background_iter
+from deepearth_jax.data.background import background_iter, ordered_map
 
 
 def test_yields_transformed_items_in_order():
@@ -44,3 +44,21 @@ def test_closing_early_stops_the_thread():
     assert len(produced) <= 4  # at most depth items ahead, plus the one in hand
     with pytest.raises(ValueError, match="depth"):
         next(background_iter([], depth=0))
+
+
+def test_ordered_map_keeps_order_bounds_work_and_raises_in_order():
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.002 * (i % 3))  # finish out of order
+        if i == 7:
+            raise ValueError("item 7")
+        return i * i
+
+    results = ordered_map(work, range(20), workers=3, depth=4)
+    assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert max(started) <= 5 + 4  # never more than `depth` items ahead of the consumer
+    with pytest.raises(ValueError, match="item 7"):
+        list(results)

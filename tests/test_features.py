@@ -93,3 +93,29 @@ def test_read_only_store_pools_in_memory(store, monkeypatch):
     assert not isinstance(pooled, np.memmap)
     np.testing.assert_allclose(pooled, _on_the_fly(store.vision), rtol=1e-5, atol=1e-6)
     assert "vision_mean" not in store_lib.read_manifest(store.path).get("features", {})
+
+
+@pytest.mark.parametrize("change", ["symlink out", "file elsewhere"])
+def test_cache_outside_the_store_is_never_read(store, tmp_path, change):
+    """The manifest or a symlink cannot make the cache read another file: it is rebuilt in the store."""
+    import json
+
+    pooled = np.asarray(features.pooled_vision(store))
+    stranger = tmp_path / "stranger.npy"
+    np.save(stranger, np.zeros_like(pooled))
+    cache = store.path / features.VISION_MEAN_FILE
+    manifest_path = store.path / store_lib.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["features"][features.VISION_MEAN]
+    if change == "symlink out":
+        cache.unlink()
+        cache.symlink_to(stranger)
+    else:
+        entry["file"] = str(stranger)
+        entry["sha256"] = store_lib.file_sha256(stranger)
+        manifest_path.write_text(json.dumps(manifest))
+    features._VERIFIED.clear()
+    reopened = store_lib.open_store(store.path)
+    again = features.pooled_vision(reopened)
+    np.testing.assert_array_equal(np.asarray(again), pooled)
+    assert not cache.is_symlink() and np.load(stranger).max() == 0

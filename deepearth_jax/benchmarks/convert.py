@@ -25,8 +25,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from deepearth_jax.data import convert as convert_lib
+from deepearth_jax.data import sources
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data import synthetic
+from deepearth_jax.io import format_bytes
 
 _READ_BYTES = 64 << 20
 
@@ -104,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
         shape = None
 
         def ceiling() -> tuple[int, int, float]:
-            return read_hf_embeddings(source / synthetic.HF_VISION_DIR)
+            return read_hf_embeddings(source / sources.HF_VISION_DIR)
     else:
-        shape = synthetic.parse_shape(args.vision_shape) if args.vision_shape else synthetic.REAL_VISION_SHAPE
+        shape = sources.parse_shape(args.vision_shape) if args.vision_shape else sources.REAL_VISION_SHAPE
         row_bytes = math.prod(shape) * 4
 
         def ceiling() -> tuple[int, int, float]:
-            return read_mmap(source / synthetic.DASHBOARD_MMAP_FILE, row_bytes)
+            return read_mmap(source / sources.DASHBOARD_MMAP_FILE, row_bytes)
 
     out = args.out
     temporary = None
@@ -153,12 +154,13 @@ def run(args: argparse.Namespace) -> int:
         "convert_seconds": round(seconds, 3),
         "convert_mb_per_s": round(source_bytes / seconds / 1e6, 3),
         "convert_rows_per_s": round(vision_rows / seconds, 2),
+        "convert_read_ratio": round(source_bytes / seconds / (bytes_read / ceiling_seconds), 3),
         "convert_peak_rss_bytes": peak_rss,
         "cpus": os.cpu_count(),
         "machine": os.uname().machine,
     }
     print(f"convert benchmark: {source} ({layout}), {vision_rows} vision rows {figures['vision_shape']}")
-    print(f"  source vision bytes (float32)  {store_lib.format_bytes(source_bytes)}")
+    print(f"  source vision bytes (float32)  {format_bytes(source_bytes)}")
     print(
         f"  pyarrow/plain read (ceiling)   {figures['ceiling_mb_per_s']:>8.1f} MB/s  "
         f"(best of 2 passes: {ceiling_first:.2f} s, {ceiling_second:.2f} s)"
@@ -167,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         f"  convert, end to end            {figures['convert_mb_per_s']:>8.1f} MB/s  "
         f"({seconds:.2f} s, {figures['convert_rows_per_s']:.1f} rows/s, -> {args.dtype})"
     )
-    print(f"  convert peak RSS               {store_lib.format_bytes(peak_rss)}")
+    print(f"  convert / read                 {figures['convert_read_ratio']:>8.2f}")
+    print(f"  convert peak RSS               {format_bytes(peak_rss)}")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -1,4 +1,4 @@
-"""A background thread that works ahead on an iterator (convert's decoding, device placement)."""
+"""Background threads that work ahead on an iterator (convert's decoding, device placement)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,33 @@ def background_iter(
 class _Failure:
     def __init__(self, error: BaseException):
         self.error = error
+
+
+def ordered_map(
+    function: Callable[[T], Any],
+    items: Iterable[T],
+    workers: int,
+    depth: int | None = None,
+    name: str = "map",
+) -> Iterator[Any]:
+    """Yields `function(item)` for each item, in order, computed on `workers` threads at most `depth` items
+    ahead (default 2 x workers), so that work which releases the GIL (pyarrow decoding) runs in parallel
+    while memory stays bounded. An error is raised here, in order; closing the generator cancels the rest."""
+    import collections
+    import concurrent.futures
+
+    depth = depth or 2 * workers
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix=name)
+    pending: collections.deque = collections.deque()
+    items = iter(items)
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deepearth_jax.data import sources, synthetic, synthetic_layouts
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data import synthetic
+from deepearth_jax.data.store_check import store_info, verify_store
+from deepearth_jax.io import format_bytes, progress_bar
 
 
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def run_synth(args: argparse.Namespace) -> int:
     config = synthetic.SyntheticConfig(
         observations=args.observations,
         species=args.species,
-        vision_shape=synthetic.parse_shape(args.vision_shape),
+        vision_shape=sources.parse_shape(args.vision_shape),
         language_dim=args.language_dim,
         seed=args.seed,
         vision_fraction=args.vision_fraction,
@@ -50,15 +52,15 @@ def run_synth(args: argparse.Namespace) -> int:
     print(
         f"synth: {args.layout} layout, {config.observations} observations ({n_vision} with vision), "
         f"{config.species} species, vision {config.vision_shape}: "
-        f"{store_lib.format_bytes(n_vision * row_bytes)} of vision embeddings -> {args.out}",
+        f"{format_bytes(n_vision * row_bytes)} of vision embeddings -> {args.out}",
         file=sys.stderr,
     )
     if args.layout == "store":
         synthetic.write_store(dataset, args.out, dtype=args.dtype, progress=True)
     elif args.layout == "hf":
-        synthetic.write_hf(dataset, args.out, progress=True)
+        synthetic_layouts.write_hf(dataset, args.out, progress=True)
     else:
-        synthetic.write_dashboard(dataset, args.out, progress=True)
+        synthetic_layouts.write_dashboard(dataset, args.out, progress=True)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -68,15 +70,16 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    manifest = store_lib.read_manifest(args.store)
-    total = sum(
-        int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in manifest.get("arrays", {}).values()
-    )
-    bar = tqdm(total=total, desc="verify", unit="B", unit_scale=True, dynamic_ncols=True, mininterval=0.5)
-    with bar:
-        problems = store_lib.verify_store(args.store, progress=bar.update)
+    try:
+        arrays = store_lib.read_manifest(args.store).get("arrays", {})
+    except store_lib.StoreError:
+        arrays = {}  # verify_store reports it
+    total = sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in arrays.values())
+    bar = progress_bar(total, "verify", unit="B", unit_scale=True)
+    try:
+        problems = verify_store(args.store, progress=bar.update)
+    finally:
+        bar.close()
     if problems:
         for problem in problems:
             print(f"FAIL {problem}", file=sys.stderr)
@@ -85,7 +88,7 @@ def run_verify(args: argparse.Namespace) -> int:
     store = store_lib.open_store(args.store)
     print(
         f"OK {args.store}: {store.num_observations} observations, {store.num_species} species, "
-        f"{store_lib.format_bytes(total)} of embeddings checked"
+        f"{format_bytes(total)} of embeddings checked"
     )
     return 0
 
@@ -96,5 +99,5 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    print(store_lib.store_info(store_lib.open_store(args.store), top_species=args.top))
+    print(store_info(store_lib.open_store(args.store), top_species=args.top))
     return 0

@@ -11,17 +11,34 @@ Layout of a store directory:
 
 A store is complete only once `manifest.json` says `"complete": true`; the writer sets it last, with an
 atomic rename, so an interrupted conversion never looks like a finished one. Nothing is ever unpickled.
+
+A store is a closed box: the manifest names only files inside its directory (relative paths, no `..`, no
+symlink leading out), and only regular files are opened (a FIFO or device in place of a file is refused, never
+waited on).
+
+What is checked when:
+  * `open_store` (train, evaluate, split, info), always, from cheap facts (a stat and a header per file, no
+    data read): the manifest's fields and their types, completeness, every file inside the store and regular,
+    each .npy header (shape, dtype, C order) and file size against the manifest, the tables' columns and
+    types, row counts against the manifest, and that every vision_row, language_row and species_index of
+    the observation table points inside its array or table.
+  * `verify_store` (`python -m deepearth_jax.data verify`), on request, reading every byte: all of the above,
+    plus the SHA-256 of each table and of each chunk of every array, finiteness of every embedding value,
+    and no vision row or observation id used twice.
+
+This module holds the format (file names, schemas, the manifest) and the reader (`open_store`);
+`store_writer` writes stores, `store_check` checksums and verifies them and prints the `info` report.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as _dt
-import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepearth_jax import __version__
-from deepearth_jax.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
+from deepearth_jax.io import file_sha256, format_bytes, write_json_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +102,8 @@ class StoreError(Exception):
     """A store that cannot be opened or written as asked; the message is one line for the user."""
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (manifest timestamps)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
@@ -99,8 +116,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not manifest_path.is_file():
         raise StoreError(f"no store at {path}: {MANIFEST_FILE} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{manifest_path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{manifest_path} is not a {FORMAT_NAME} manifest")
@@ -109,6 +126,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{path} has store format version {manifest.get('version')}, this deepearth_jax reads "
             f"version {FORMAT_VERSION}"
         )
+    if not isinstance(manifest.get("complete", False), bool):
+        raise _field_error(manifest_path, "complete", "true or false", manifest.get("complete"))
+    if manifest.get("complete"):
+        check_manifest(manifest, manifest_path)
+    else:
+        for key in ("arrays_planned", "progress", "provenance"):
+            if not isinstance(manifest.get(key, {}), dict):
+                raise _field_error(manifest_path, key, "an object", manifest.get(key))
     return manifest
 
 
@@ -120,16 +145,8 @@ def update_manifest(path: str | os.PathLike, update: Callable[[dict], None]) -> 
     return manifest
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Checksums
-
-
-def rows_per_chunk(row_bytes: int) -> int:
-    """How many rows of `row_bytes` each are hashed together (at least one)."""
-    return max(1, CHECKSUM_CHUNK_BYTES // max(1, row_bytes))
-
-
-def _npy_header_bytes(path: Path) -> int:
+def npy_header_bytes(path: Path) -> int:
+    """Bytes before the data of a .npy file (magic, version, header length and header)."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -139,72 +156,126 @@ def _npy_header_bytes(path: Path) -> int:
         return f.tell()
 
 
-def _hash_bytes(path: Path, offset: int, nbytes: int, dtype: np.dtype, check_finite: bool) -> tuple[str, int]:
-    """Hashes `nbytes` of a file from `offset`; returns (sha256, number of non-finite values).
-
-    Read with plain file reads, not through a memmap: mapped pages would stay in this process's resident
-    set until the whole file is done, so hashing a 100 GB array would show as 100 GB of RSS.
-    """
-    buffer = np.empty(nbytes, np.uint8)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        view = memoryview(buffer)
-        got = 0
-        while got < nbytes:
-            n = f.readinto(view[got:])
-            if not n:
-                raise StoreError(f"{path} is shorter than its header says")
-            got += n
-    bad = 0
-    if check_finite and np.issubdtype(dtype, np.floating):
-        values = buffer.view(dtype)
-        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-    return hashlib.sha256(buffer).hexdigest(), bad
+# ----------------------------------------------------------------------------------------------------------
+# The closed box: what a manifest may say, and where the files it names may be
 
 
-def array_checksums(
-    path: Path,
-    *,
-    check_finite: bool = False,
-    progress: Callable[[int], None] | None = None,
-    workers: int = 2,
-) -> tuple[dict, int]:
-    """Chunked checksums of a .npy file: `({header_sha256, rows_per_chunk, chunk_sha256}, non_finite_count)`.
+_ARRAY_FILES = {"vision": VISION_FILE, "language": LANGUAGE_FILE}
+_ARRAY_DTYPES = {"vision": ("float16", "float32"), "language": ("float32",)}
+_COUNTS = ("observations", "species", "vision_rows", "language_rows", "observations_with_vision")
 
-    Rows are hashed in chunks of about CHECKSUM_CHUNK_BYTES, on `workers` threads (hashlib releases the GIL).
-    `progress(nbytes)` is called as chunks finish.
-    """
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    header_bytes = _npy_header_bytes(path)
-    with open(path, "rb") as f:
-        header_sha = hashlib.sha256(f.read(header_bytes)).hexdigest()
-    n = array.shape[0] if array.ndim else 0
-    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize if array.ndim else 0
-    per_chunk = rows_per_chunk(row_bytes)
-    starts = list(range(0, n, per_chunk))
-    digests: list[str] = [""] * len(starts)
-    non_finite = 0
-    dtype = array.dtype
-    del array
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {
-            pool.submit(
-                _hash_bytes,
-                path,
-                header_bytes + s * row_bytes,
-                (min(n, s + per_chunk) - s) * row_bytes,
-                dtype,
-                check_finite,
-            ): i
-            for i, s in enumerate(starts)
-        }
-        for future in concurrent.futures.as_completed(futures):
-            i = futures[future]
-            digests[i], bad = future.result()
-            non_finite += bad
-            if progress is not None:
-                progress((min(n, starts[i] + per_chunk) - starts[i]) * row_bytes)
-    return {"header_sha256": header_sha, "rows_per_chunk": per_chunk, "chunk_sha256": digests}, non_finite
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _field_error(manifest_path: Path, field_name: str, expected: str, value: object) -> StoreError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return StoreError(f"{manifest_path}: field {field_name} must be {expected}, got {shown}")
+
+
+def _check_array_entry(manifest_path: Path, name: str, info: object) -> None:
+    where = f"arrays.{name}"
+    if name not in _ARRAY_FILES:
+        raise StoreError(f"{manifest_path}: unknown array {name!r} (a store holds vision and language)")
+    if not isinstance(info, dict):
+        raise _field_error(manifest_path, where, "an object", info)
+    if info.get("file") != _ARRAY_FILES[name]:
+        raise _field_error(manifest_path, f"{where}.file", repr(_ARRAY_FILES[name]), info.get("file"))
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not shape or not all(_is_count(s) for s in shape):
+        raise _field_error(manifest_path, f"{where}.shape", "a list of sizes", shape)
+    if info.get("dtype") not in _ARRAY_DTYPES[name]:
+        raise _field_error(
+            manifest_path, f"{where}.dtype", " or ".join(_ARRAY_DTYPES[name]), info.get("dtype")
+        )
+    sums = info.get("checksums")
+    if not (
+        isinstance(sums, dict)
+        and isinstance(sums.get("header_sha256"), str)
+        and _is_count(sums.get("rows_per_chunk"))
+        and isinstance(sums.get("chunk_sha256"), list)
+        and all(isinstance(c, str) for c in sums["chunk_sha256"])
+    ):
+        raise _field_error(
+            manifest_path, f"{where}.checksums", "header_sha256, rows_per_chunk, chunk_sha256", sums
+        )
+
+
+def check_manifest(manifest: dict, manifest_path: Path) -> None:
+    """Raises StoreError naming the first field of a complete manifest that has the wrong type."""
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict):
+        raise _field_error(manifest_path, "counts", "an object", counts)
+    for key in _COUNTS:
+        if not _is_count(counts.get(key)):
+            raise _field_error(manifest_path, f"counts.{key}", "a count (an integer >= 0)", counts.get(key))
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict) or "language" not in arrays:
+        raise _field_error(manifest_path, "arrays", "an object with a language entry", arrays)
+    for name, info in arrays.items():
+        _check_array_entry(manifest_path, name, info)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted((OBSERVATIONS_FILE, SPECIES_FILE)):
+        raise _field_error(manifest_path, "files", f"sha256 of {OBSERVATIONS_FILE} and {SPECIES_FILE}", files)
+    if not all(isinstance(v, str) for v in files.values()):
+        raise _field_error(manifest_path, "files", "sha256 strings", files)
+    for key, kind, expected in (("skipped", list, "a list"), ("features", dict, "an object")):
+        if not isinstance(manifest.get(key, kind()), kind):
+            raise _field_error(manifest_path, key, expected, manifest.get(key))
+
+
+def store_file(root: Path, name: object) -> Path:
+    """The path of a file a manifest names, refused unless it is a relative path inside the store (no `..`,
+    no symlink leading out) to a regular file: never a FIFO, device or directory, which could hang a reader
+    or read another store's data."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise StoreError(f"store {root}: the manifest names {name!r}, which is not a path inside the store")
+    path = root / name
+    try:
+        inside = path.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise StoreError(f"store {root}: {name} is missing") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, a permission problem
+        raise StoreError(f"store {root}: cannot reach {name}: {getattr(e, 'strerror', None) or e}") from None
+    if not inside:
+        raise StoreError(f"store {root}: {name} leads outside the store (a symlink?)")
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"store {root}: {name} is not a regular file")
+    return path
+
+
+def open_array(root: Path, info: dict) -> np.memmap:
+    """Memory-maps an array the (checked) manifest describes, after checking its .npy header and its size
+    against the manifest: cheap facts read from the header and a stat, no data read."""
+    path = store_file(root, info["file"])
+    shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            header = read(f)
+            data_offset = f.tell()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise StoreError(f"store {root}: {info['file']} has no valid .npy header ({e})") from None
+    got_shape, fortran, got_dtype = header
+    if got_shape != shape or got_dtype != dtype or fortran:
+        raise StoreError(
+            f"store {root}: {info['file']} is {got_shape} {got_dtype}, the manifest says {shape} {dtype}"
+        )
+    expected = data_offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise StoreError(
+            f"store {root}: {info['file']} is {size} bytes, its header and the manifest say {expected}"
+        )
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,8 +366,37 @@ class Store:
         return rows
 
 
+def _read_table(root: Path, name: str, schema: pa.Schema) -> pa.Table:
+    path = store_file(root, name)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"store {root}: cannot read {name}: {e}") from None
+    if table.schema.remove_metadata() != schema:
+        raise StoreError(f"store {root}: {name} does not have the store's columns and types")
+    return table
+
+
+def reference_problem(store: Store) -> str:
+    """The first table row that points outside the arrays or the species table ("" when none): a cheap
+    pass over three integer columns, so that a reader never indexes past an array."""
+    n_vision = 0 if store.vision is None else store.vision.shape[0]
+    for column, low, high, what in (
+        ("vision_row", -1, n_vision, VISION_FILE),
+        ("language_row", 0, store.language.shape[0], LANGUAGE_FILE),
+        ("species_index", 0, store.num_species, SPECIES_FILE),
+    ):
+        values = store.column(column)
+        bad = (values < low) | (values >= high)
+        if bad.any():
+            return (
+                f"{OBSERVATIONS_FILE}: {int(bad.sum())} {column} value(s) outside [{low}, {high}) of {what}"
+            )
+    return ""
+
+
 def open_store(path: str | os.PathLike) -> Store:
-    """Opens a complete store: reads the manifest and the tables, memory-maps the arrays (milliseconds).
+    """Opens a complete store: reads the manifest and the tables, memory-maps the arrays.
 
     Raises StoreError (one line) for a missing, incomplete or inconsistent store.
     """
@@ -307,23 +407,18 @@ def open_store(path: str | os.PathLike) -> Store:
             f"store {path} is incomplete (an interrupted conversion?): rerun the same convert command "
             "to resume it"
         )
-    try:
-        observations = pq.read_table(path / OBSERVATIONS_FILE)
-        species = pq.read_table(path / SPECIES_FILE)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StoreError(f"store {path}: cannot read its tables: {e}") from None
-    arrays: dict[str, np.ndarray | None] = {}
-    for name, info in manifest.get("arrays", {}).items():
-        try:
-            arrays[name] = np.load(path / info["file"], mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise StoreError(f"store {path}: cannot open {info['file']}: {e}") from None
-        expected = tuple(info["shape"])
-        if arrays[name].shape != expected or str(arrays[name].dtype) != info["dtype"]:
-            raise StoreError(
-                f"store {path}: {info['file']} is {arrays[name].shape} {arrays[name].dtype}, the manifest "
-                f"says {expected} {info['dtype']}"
-            )
+    observations = _read_table(path, OBSERVATIONS_FILE, OBSERVATION_SCHEMA)
+    species = _read_table(path, SPECIES_FILE, SPECIES_SCHEMA)
+    arrays = {name: open_array(path, info) for name, info in manifest["arrays"].items()}
+    counts = manifest["counts"]
+    for what, got, expected in (
+        (OBSERVATIONS_FILE, observations.num_rows, counts["observations"]),
+        (SPECIES_FILE, species.num_rows, counts["species"]),
+        (LANGUAGE_FILE, arrays["language"].shape[0], counts["language_rows"]),
+        (VISION_FILE, arrays["vision"].shape[0] if "vision" in arrays else 0, counts["vision_rows"]),
+    ):
+        if got != expected:
+            raise StoreError(f"store {path}: {what} has {got} rows, the manifest says {expected}")
     store = Store(
         path=path,
         manifest=manifest,
@@ -332,374 +427,30 @@ def open_store(path: str | os.PathLike) -> Store:
         vision=arrays.get("vision"),
         language=arrays.get("language"),
     )
-    if store.num_observations != manifest["counts"]["observations"]:
-        raise StoreError(
-            f"store {path}: observations.parquet has {store.num_observations} rows, the manifest says "
-            f"{manifest['counts']['observations']}"
-        )
+    problem = reference_problem(store)
+    if problem:
+        raise StoreError(f"store {path}: {problem}")
     return store
 
 
-def verify_store(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Re-reads everything in a store; returns the problems found (empty when the store is sound).
-
-    Checks: the manifest, completeness, table checksums and row counts, array shapes and dtypes, every
-    array chunk's checksum, finiteness of every embedding value, and row references from the tables into
-    the arrays. `progress(nbytes)` is called as array bytes are read.
-    """
-    path = Path(path)
-    try:
-        manifest = read_manifest(path)
-    except StoreError as e:
-        return [str(e)]
-    problems: list[str] = []
-    if not manifest.get("complete", False):
-        problems.append(f"store {path} is incomplete: its conversion never finished")
-    for name, expected in manifest.get("files", {}).items():
-        file_path = path / name
-        if not file_path.is_file():
-            problems.append(f"{name} is missing")
-        elif file_sha256(file_path) != expected:
-            problems.append(f"{name}: checksum mismatch (the file changed after the store was written)")
-    for info in manifest.get("arrays", {}).values():
-        file_path = path / info["file"]
-        if not file_path.is_file():
-            problems.append(f"{info['file']} is missing")
-            continue
-        try:
-            array = np.load(file_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            problems.append(f"{info['file']}: unreadable header ({e})")
-            continue
-        if array.shape != tuple(info["shape"]) or str(array.dtype) != info["dtype"]:
-            problems.append(
-                f"{info['file']}: shape/dtype {array.shape} {array.dtype}, manifest says "
-                f"{tuple(info['shape'])} {info['dtype']}"
-            )
-            continue
-        sums, non_finite = array_checksums(file_path, check_finite=True, progress=progress)
-        if sums["header_sha256"] != info["checksums"]["header_sha256"]:
-            problems.append(f"{info['file']}: header checksum mismatch")
-        expected_chunks = info["checksums"]["chunk_sha256"]
-        per_chunk = info["checksums"]["rows_per_chunk"]
-        if sums["rows_per_chunk"] != per_chunk or len(sums["chunk_sha256"]) != len(expected_chunks):
-            problems.append(f"{info['file']}: checksum layout differs from the manifest")
-        else:
-            for i, (got, want) in enumerate(zip(sums["chunk_sha256"], expected_chunks, strict=True)):
-                if got != want:
-                    last = min(array.shape[0], (i + 1) * per_chunk) - 1
-                    problems.append(
-                        f"{info['file']}: checksum mismatch in rows {i * per_chunk}..{last} (chunk {i})"
-                    )
-        if non_finite:
-            problems.append(f"{info['file']}: {non_finite} non-finite value(s) (NaN or Inf)")
-    if problems:
-        return problems
-    try:
-        store = open_store(path)
-    except StoreError as e:
-        return [str(e)]
-    problems.extend(_check_references(store))
-    return problems
+# Names that moved to the writer and checker modules, still importable from here (loaded on first use, so
+# that this module imports neither of them).
+_MOVED = {
+    "StoreWriter": "store_writer",
+    "species_table": "store_writer",
+    "observation_table": "store_writer",
+    "array_checksums": "store_check",
+    "rows_per_chunk": "store_check",
+    "verify_store": "store_check",
+    "store_info": "store_check",
+}
 
 
-def _check_references(store: Store) -> list[str]:
-    problems = []
-    vision_rows = store.column("vision_row")
-    n_vision = 0 if store.vision is None else store.vision.shape[0]
-    bad = (vision_rows < -1) | (vision_rows >= n_vision)
-    if bad.any():
-        problems.append(
-            f"observations.parquet: {int(bad.sum())} vision_row value(s) outside [-1, {n_vision})"
-        )
-    used = vision_rows[vision_rows >= 0]
-    if len(np.unique(used)) != len(used):
-        problems.append("observations.parquet: several observations share one vision_row")
-    language_rows = store.column("language_row")
-    n_language = 0 if store.language is None else store.language.shape[0]
-    bad = (language_rows < 0) | (language_rows >= n_language)
-    if bad.any():
-        problems.append(
-            f"observations.parquet: {int(bad.sum())} language_row value(s) outside [0, {n_language})"
-        )
-    species_index = store.column("species_index")
-    if ((species_index < 0) | (species_index >= store.num_species)).any():
-        problems.append("observations.parquet: species_index outside the species table")
-    ids = store.observation_ids
-    if len(set(ids.tolist())) != len(ids):
-        problems.append("observations.parquet: duplicate observation ids")
-    return problems
+def __getattr__(name: str):
+    if name == "_utc_now":
+        return utc_now
+    if name in _MOVED:
+        import importlib
 
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def store_info(store: Store, top_species: int = 10) -> str:
-    """A human-readable summary: counts, shapes, dtypes, bytes, and the head of the species histogram."""
-    m = store.manifest
-    lines = [
-        f"store      {store.path}",
-        f"format     {m['format']} v{m['version']}, written {m.get('created', '?')}",
-    ]
-    prov = m.get("provenance", {})
-    if prov:
-        lines.append(f"source     {prov.get('source_layout', '?')}: {prov.get('source', '?')}")
-    years = store.column("year")
-    lines.append(
-        f"counts     {store.num_observations} observations, {store.num_species} species, "
-        f"years {int(years.min()) if len(years) else '-'}..{int(years.max()) if len(years) else '-'}"
-    )
-    total = 0
-    for name, array in (("vision", store.vision), ("language", store.language)):
-        if array is None:
-            lines.append(f"{name:<10} none")
-            continue
-        nbytes = int(array.nbytes)
-        total += nbytes
-        lines.append(f"{name:<10} {array.shape} {array.dtype}  {format_bytes(nbytes)}")
-    lines.append(f"bytes      {format_bytes(total)} of embeddings")
-    n_vision = int((store.column("vision_row") >= 0).sum())
-    lines.append(f"with vision {n_vision} of {store.num_observations} observations")
-    skipped = m.get("skipped", [])
-    if skipped:
-        lines.append(f"skipped    {len(skipped)} source row(s) at conversion (see manifest.json 'skipped')")
-    counts = store.species.column("num_observations").to_numpy()
-    names = store.species_names
-    order = np.argsort(-counts, kind="stable")[:top_species]
-    lines.append(f"species    top {len(order)} by observations:")
-    width = max((len(names[i]) for i in order), default=0)
-    peak = max(1, int(counts[order[0]])) if len(order) else 1
-    for i in order:
-        bar = "#" * max(1, round(30 * int(counts[i]) / peak))
-        lines.append(f"  {names[i]:<{width}}  {int(counts[i]):>7}  {bar}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writing
-
-
-class StoreWriter:
-    """Creates a store: preallocates the arrays as .npy memmaps, rows are written in place, then `finalize`.
-
-    The manifest says `"complete": false` until finalize writes the tables, checksums every file and
-    atomically replaces it with the complete manifest. `resume=True` reopens an incomplete store with the same
-    array shapes (for resumable conversion) instead of refusing it.
-
-    Args:
-      path: the store directory (created; must not hold a complete store).
-      num_vision_rows: rows of vision.npy (0 for a store without vision).
-      vision_shape: `(T, H, W, D)` of one vision embedding.
-      vision_dtype: float16 or float32.
-      num_language_rows, language_dim: shape of language.npy.
-      provenance: what the store was made from (recorded in the manifest).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        num_vision_rows: int,
-        vision_shape: Sequence[int] | None,
-        vision_dtype: str = "float16",
-        num_language_rows: int,
-        language_dim: int,
-        provenance: dict,
-        resume: bool = False,
-    ):
-        self.path = Path(path)
-        if vision_dtype not in ("float16", "float32"):
-            raise StoreError(f"vision dtype must be float16 or float32, got {vision_dtype!r}")
-        self.provenance = dict(provenance)
-        shapes = {
-            "vision": ((int(num_vision_rows), *map(int, vision_shape or ())), vision_dtype, VISION_FILE),
-            "language": ((int(num_language_rows), int(language_dim)), "float32", LANGUAGE_FILE),
-        }
-        if vision_shape is None:
-            shapes.pop("vision")
-        existing = None
-        if (self.path / MANIFEST_FILE).exists():
-            existing = read_manifest(self.path)
-            if existing.get("complete"):
-                raise StoreError(
-                    f"{self.path} already holds a complete store; choose another --out or delete it"
-                )
-            if not resume:
-                raise StoreError(f"{self.path} holds an incomplete store; resume it or delete it")
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise StoreError(f"{self.path} exists and is not empty; choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.arrays: dict[str, np.memmap] = {}
-        reopened = existing is not None and existing.get("arrays_planned") == {
-            k: {"shape": list(s), "dtype": d} for k, (s, d, _) in shapes.items()
-        }
-        for name, (shape, dtype, file_name) in shapes.items():
-            file_path = self.path / file_name
-            if reopened and file_path.exists():
-                self.arrays[name] = np.load(file_path, mmap_mode="r+", allow_pickle=False)
-            else:
-                self.arrays[name] = np.lib.format.open_memmap(file_path, mode="w+", dtype=dtype, shape=shape)
-        self.manifest: dict = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "complete": False,
-            "created": _utc_now(),
-            "writer": f"deepearth_jax {__version__}",
-            "provenance": self.provenance,
-            "arrays_planned": {k: {"shape": list(s), "dtype": d} for k, (s, d, _) in shapes.items()},
-        }
-        if reopened:
-            self.manifest["progress"] = existing.get("progress", {})
-            self.manifest["created"] = existing.get("created", self.manifest["created"])
-        write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
-
-    @property
-    def vision(self) -> np.memmap | None:
-        """The writable `(N_vision, T, H, W, D)` memmap."""
-        return self.arrays.get("vision")
-
-    @property
-    def language(self) -> np.memmap:
-        """The writable `(N_language, L)` float32 memmap."""
-        return self.arrays["language"]
-
-    @property
-    def progress(self) -> dict:
-        """Free-form resume state kept in the incomplete manifest (e.g. which source files are done)."""
-        return self.manifest.setdefault("progress", {})
-
-    def save_progress(self) -> None:
-        """Flushes the arrays, then records `progress` (so recorded progress never runs ahead of the data).
-
-        The arrays are then mapped afresh, so that the pages written so far leave this process's resident set
-        (a long conversion's RSS stays bounded by what it writes between two calls).
-        """
-        self._flush_and_remap()
-        write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
-
-    def _flush_and_remap(self) -> None:
-        for name in list(self.arrays):
-            array = self.arrays.pop(name)
-            array.flush()
-            file_name = array.filename
-            del array
-            self.arrays[name] = np.load(file_name, mmap_mode="r+", allow_pickle=False)
-
-    def truncate_vision(self, num_rows: int) -> None:
-        """Shrinks vision.npy to its first `num_rows` rows, in place (no data moves).
-
-        For conversions that preallocate an upper bound of rows and write them in order: rows never written
-        (skipped as bad) are cut off the end. The .npy header keeps its length (padded with spaces), and
-        the planned shape in the manifest follows, so a resumed conversion reopens the shrunk file.
-        """
-        if "vision" not in self.arrays:
-            raise StoreError(f"{self.path} has no vision array to truncate")
-        array = self.arrays.pop("vision")
-        array.flush()
-        shape, dtype, file_name = (num_rows, *array.shape[1:]), array.dtype, Path(array.filename)
-        if not 0 <= num_rows <= array.shape[0]:
-            raise StoreError(f"cannot truncate vision.npy of {array.shape[0]} rows to {num_rows}")
-        del array
-        header_bytes = _npy_header_bytes(file_name)
-        with open(file_name, "rb") as f:
-            version = np.lib.format.read_magic(f)
-        prefix_bytes = 10 if version == (1, 0) else 12
-        text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-        padding = header_bytes - prefix_bytes - len(text) - 1
-        if padding < 0:
-            raise StoreError(f"cannot rewrite the header of {file_name}")
-        with open(file_name, "r+b") as f:
-            f.seek(prefix_bytes)
-            f.write((text + " " * padding + "\n").encode("latin1"))
-            f.truncate(header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-            f.flush()
-            os.fsync(f.fileno())
-        self.arrays["vision"] = np.load(file_name, mmap_mode="r+", allow_pickle=False)
-        self.manifest["arrays_planned"]["vision"]["shape"] = list(shape)
-        write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
-
-    def finalize(
-        self,
-        observations: pa.Table,
-        species: pa.Table,
-        *,
-        skipped: list[dict] | None = None,
-        extra: dict | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict:
-        """Writes the tables, checksums everything and marks the store complete; returns the manifest."""
-        observations = observations.select(OBSERVATION_SCHEMA.names).cast(OBSERVATION_SCHEMA)
-        species = species.select(SPECIES_SCHEMA.names).cast(SPECIES_SCHEMA)
-        for array in self.arrays.values():
-            array.flush()
-        pq.write_table(observations, self.path / OBSERVATIONS_FILE)
-        pq.write_table(species, self.path / SPECIES_FILE)
-        arrays_meta = {}
-        for name, array in self.arrays.items():
-            file_name = VISION_FILE if name == "vision" else LANGUAGE_FILE
-            sums, _ = array_checksums(self.path / file_name, progress=progress)
-            arrays_meta[name] = {
-                "file": file_name,
-                "shape": list(array.shape),
-                "dtype": str(array.dtype),
-                "checksums": sums,
-            }
-        self.arrays.clear()
-        manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "complete": True,
-            "created": self.manifest["created"],
-            "finished": _utc_now(),
-            "writer": f"deepearth_jax {__version__}",
-            "provenance": self.provenance,
-            "counts": {
-                "observations": observations.num_rows,
-                "species": species.num_rows,
-                "vision_rows": arrays_meta.get("vision", {"shape": [0]})["shape"][0],
-                "language_rows": arrays_meta["language"]["shape"][0],
-                "observations_with_vision": int(
-                    np.count_nonzero(observations.column("vision_row").to_numpy() >= 0)
-                ),
-            },
-            "arrays": arrays_meta,
-            "files": {
-                OBSERVATIONS_FILE: file_sha256(self.path / OBSERVATIONS_FILE),
-                SPECIES_FILE: file_sha256(self.path / SPECIES_FILE),
-            },
-            "skipped": list(skipped or []),
-            "features": {},
-        }
-        manifest.update(extra or {})
-        write_json_atomic(self.path / MANIFEST_FILE, manifest)
-        self.manifest = manifest
-        return manifest
-
-
-def species_table(
-    taxon_ids: Sequence[str],
-    taxon_names: Sequence[str],
-    language_rows: Sequence[int],
-    species_index: np.ndarray,
-    vision_rows: np.ndarray,
-) -> pa.Table:
-    """Builds species.parquet from per-species ids/names/language rows and per-observation indices."""
-    n = len(taxon_ids)
-    counts = np.bincount(species_index, minlength=n)
-    vision_counts = np.bincount(species_index[vision_rows >= 0], minlength=n)
-    return pa.table(
-        {
-            "species_index": pa.array(np.arange(n, dtype=np.int32)),
-            "taxon_id": pa.array(list(taxon_ids), pa.string()),
-            "taxon_name": pa.array(list(taxon_names), pa.string()),
-            "language_row": pa.array(np.asarray(language_rows, np.int64)),
-            "num_observations": pa.array(counts.astype(np.int64)),
-            "num_vision": pa.array(vision_counts.astype(np.int64)),
-        },
-        schema=SPECIES_SCHEMA,
-    )
+        return getattr(importlib.import_module(f"deepearth_jax.data.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

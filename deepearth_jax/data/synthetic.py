@@ -28,17 +28,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.data.sources import (  # noqa: F401  (the layouts, re-exported for tests and benchmarks)
+    DASHBOARD_INDEX_FILE,
+    DASHBOARD_MMAP_FILE,
+    HF_OBSERVATIONS_FILE,
+    HF_VISION_DIR,
+    HF_VISION_INDEX_FILE,
+    REAL_LANGUAGE_DIM,
+    REAL_VISION_SHAPE,
+    original_shape_text,
+    parse_shape,
+)
+from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
+from deepearth_jax.io import progress_bar
 
 log = logging.getLogger(__name__)
 
 FLORIDA_BOX = {"south": 28.033, "north": 28.978, "west": -81.934, "east": -80.902}
 FIRST_YEAR, LAST_YEAR = 2010, 2025
-REAL_VISION_SHAPE = (8, 24, 24, 1408)
-REAL_LANGUAGE_DIM = 7168
 
 _GENERA = (
     "Quercus Pinus Sabal Serenoa Ilex Magnolia Acer Vaccinium Lyonia Asclepias Salvia Rudbeckia Coreopsis "
@@ -75,17 +85,6 @@ class SyntheticConfig:
             raise ValueError(f"language dim must be >= 1, got {self.language_dim}")
         if not 0.0 < self.vision_fraction <= 1.0:
             raise ValueError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parses "T,H,W,D" into a tuple of positive ints; raises ValueError with the text."""
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"shape must be comma-separated integers like 8,24,24,1408, got {text!r}") from None
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"shape must be four positive integers T,H,W,D, got {text!r}")
-    return shape
 
 
 class SyntheticDataset:
@@ -251,10 +250,6 @@ def _species_names(s: int, rng: np.random.Generator) -> list[str]:
     return names
 
 
-def _nullable(values: np.ndarray) -> pa.Array:
-    return pa.array(values, pa.int32(), mask=values < 0)
-
-
 def write_store(
     dataset: SyntheticDataset,
     out: str | Path,
@@ -268,7 +263,7 @@ def write_store(
     vision_obs = np.flatnonzero(dataset.has_vision)
     vision_row = np.full(n, -1, np.int64)
     vision_row[vision_obs] = np.arange(len(vision_obs))
-    writer = store_lib.StoreWriter(
+    writer = StoreWriter(
         out,
         num_vision_rows=len(vision_obs),
         vision_shape=cfg.vision_shape,
@@ -283,7 +278,7 @@ def write_store(
     )
     writer.language[:] = dataset.language_vectors
     row_bytes = int(np.prod(cfg.vision_shape)) * np.dtype(dtype).itemsize
-    bar = _progress_bar(len(vision_obs), row_bytes, progress, "synth")
+    bar = progress_bar(len(vision_obs), "synth", enabled=progress)
     limit = np.finfo(np.float16).max
     for row, i in enumerate(vision_obs):
         values = dataset.vision_row(int(i))
@@ -292,47 +287,29 @@ def write_store(
         writer.vision[row] = values
         if (row + 1) % max(1, (256 << 20) // row_bytes) == 0:
             writer.save_progress()  # flush and remap: written rows leave RSS, whatever the store's size
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     meta = dataset.metadata_columns()
-    observations = pa.table(
-        {
-            "observation_id": pa.array(dataset.observation_ids().tolist(), pa.string()),
-            "gbif_id": pa.array(meta["gbif_id"]),
-            "image_index": pa.array(np.ones(n, np.int32)),
-            "taxon_id": pa.array(meta["taxon_id"].tolist(), pa.string()),
-            "taxon_name": pa.array(meta["taxon_name"].tolist(), pa.string()),
-            "species_index": pa.array(meta["species_index"]),
-            "latitude": pa.array(meta["latitude"]),
-            "longitude": pa.array(meta["longitude"]),
-            "elevation": pa.nulls(n, pa.float64()),
-            "year": pa.array(meta["year"]),
-            "month": pa.array(meta["month"]),
-            "day": pa.array(meta["day"]),
-            "hour": _nullable(meta["hour"]),
-            "minute": _nullable(meta["minute"]),
-            "second": _nullable(meta["second"]),
-            "vision_row": pa.array(vision_row),
-            "language_row": pa.array(meta["species_index"].astype(np.int64)),
-            "source_split": pa.array(meta["split"].tolist(), pa.string()),
-            "image_url": pa.array(dataset.image_urls(), pa.string()),
-        }
+    observations = observation_table(
+        gbif_id=meta["gbif_id"],
+        taxon_id=meta["taxon_id"].tolist(),
+        taxon_name=meta["taxon_name"].tolist(),
+        species_index=meta["species_index"],
+        latitude=meta["latitude"],
+        longitude=meta["longitude"],
+        year=meta["year"],
+        month=meta["month"],
+        day=meta["day"],
+        clock={k: np.where(meta[k] < 0, np.nan, meta[k]) for k in ("hour", "minute", "second")},
+        vision_row=vision_row,
+        source_split=meta["split"].tolist(),
+        image_url=dataset.image_urls(),
     )
-    species = store_lib.species_table(
+    species = species_table(
         dataset.taxon_ids, dataset.taxon_names, np.arange(cfg.species), dataset.species_index, vision_row
     )
     writer.finalize(observations, species)
     return store_lib.open_store(out)
-
-
-def _progress_bar(total: int, row_bytes: float, enabled: bool, desc: str):
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm  # progress bars only in CLIs
-
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def make_synthetic_store(
@@ -357,232 +334,10 @@ def make_synthetic_store(
     return write_store(SyntheticDataset(cfg), out, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The published source layouts (DATA.md §1-2), so that convert is exercised on exactly what users bring.
+# The writers of the published layouts live in synthetic_layouts (they import this module).
+def __getattr__(name: str):
+    if name in ("write_hf", "write_dashboard"):
+        from deepearth_jax.data import synthetic_layouts
 
-HF_OBSERVATIONS_FILE = "observations.parquet"
-HF_VISION_INDEX_FILE = "vision_index.parquet"
-HF_VISION_DIR = "vision_embeddings"
-DASHBOARD_MMAP_FILE = "embeddings.mmap"
-DASHBOARD_INDEX_FILE = "embeddings_index.db"
-
-# Rows per vision_embeddings file: about as many as the published files hold (~45), but at least three
-# files even for tiny data, so that resuming by file is exercised.
-_HF_ROWS_PER_FILE = 50
-_HF_MIN_FILES = 3
-_ROW_GROUP_BYTES = 64 << 20
-
-
-def original_shape_text(vision_shape: Sequence[int]) -> str:
-    """The `original_shape` string of an HF embedding row.
-
-    The published shape `(8, 24, 24, 1408)` is written as the dataset does, `"[4608, 1408]"` (tokens x D);
-    any other shape as its four sizes `"[T, H, W, D]"`, since tokens x D alone cannot say T, H and W.
-    """
-    t, h, w, d = vision_shape
-    if tuple(vision_shape) == REAL_VISION_SHAPE:
-        return f"[{t * h * w}, {d}]"
-    return f"[{t}, {h}, {w}, {d}]"
-
-
-def _prepare_out(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not an empty directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _hf_rows_per_file(n_vision: int) -> int:
-    return max(1, min(_HF_ROWS_PER_FILE, -(-n_vision // _HF_MIN_FILES)))
-
-
-def _write_hf_observations(dataset: SyntheticDataset, path: Path, batch_rows: int = 1024) -> None:
-    """observations.parquet as published: metadata, image urls, and the species' language vector per row."""
-    import pyarrow.parquet as pq
-
-    cfg = dataset.config
-    meta = dataset.metadata_columns()
-    urls = dataset.image_urls()
-    # 1..3 images per record; the first url is the one the store keeps.
-    num_images = 1 + (dataset.gbif_id // 97) % 3
-    schema = pa.schema(
-        [
-            ("gbif_id", pa.int64()),
-            ("taxon_id", pa.string()),
-            ("taxon_name", pa.string()),
-            ("latitude", pa.float64()),
-            ("longitude", pa.float64()),
-            ("year", pa.int64()),
-            ("month", pa.int64()),
-            ("day", pa.int64()),
-            ("hour", pa.int64()),
-            ("minute", pa.int64()),
-            ("second", pa.int64()),
-            ("image_urls", pa.list_(pa.string())),
-            ("num_images", pa.int64()),
-            ("has_vision", pa.bool_()),
-            ("language_embedding", pa.list_(pa.float32())),
-            ("split", pa.string()),
-        ]
-    )
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, cfg.observations, batch_rows):
-            rows = np.arange(start, min(cfg.observations, start + batch_rows))
-            url_lists = [
-                [urls[i]] + [urls[i].replace("original", f"extra_{k}") for k in range(1, int(num_images[i]))]
-                for i in rows
-            ]
-            language = dataset.language_vectors[dataset.species_index[rows]]
-            offsets = np.arange(len(rows) + 1, dtype=np.int32) * cfg.language_dim
-            columns = {
-                "gbif_id": pa.array(meta["gbif_id"][rows]),
-                "taxon_id": pa.array(meta["taxon_id"][rows].tolist(), pa.string()),
-                "taxon_name": pa.array(meta["taxon_name"][rows].tolist(), pa.string()),
-                "latitude": pa.array(meta["latitude"][rows]),
-                "longitude": pa.array(meta["longitude"][rows]),
-                "year": pa.array(meta["year"][rows].astype(np.int64)),
-                "month": pa.array(meta["month"][rows].astype(np.int64)),
-                "day": pa.array(meta["day"][rows].astype(np.int64)),
-                **{
-                    name: pa.array(meta[name][rows].astype(np.int64), pa.int64(), mask=meta[name][rows] < 0)
-                    for name in ("hour", "minute", "second")
-                },
-                "image_urls": pa.array(url_lists, pa.list_(pa.string())),
-                "num_images": pa.array(num_images[rows].astype(np.int64)),
-                "has_vision": pa.array(meta["has_vision"][rows]),
-                "language_embedding": pa.ListArray.from_arrays(
-                    pa.array(offsets), pa.array(language.reshape(-1), pa.float32())
-                ),
-                "split": pa.array(meta["split"][rows].tolist(), pa.string()),
-            }
-            writer.write_table(pa.table(columns, schema=schema))
-
-
-def write_hf(dataset: SyntheticDataset, out: str | Path, *, progress: bool = False) -> Path:
-    """Writes `dataset` in the published Hugging Face layout (DATA.md §1); returns the directory.
-
-    Vision embeddings are float32 flat lists, about 50 rows per `vision_embeddings/embeddings_{:06d}.parquet`
-    (at least three files), written a row group at a time so that RAM stays bounded at any size.
-    `vision_index.parquet` lists `gbif_id, file_idx, row_idx`, with a few duplicate rows, as the published
-    index has (the duplicates repeat the first entry's location).
-    """
-    import pyarrow.parquet as pq
-
-    cfg = dataset.config
-    out = _prepare_out(out)
-    _write_hf_observations(dataset, out / HF_OBSERVATIONS_FILE)
-
-    vision_obs = np.flatnonzero(dataset.has_vision)
-    per_file = _hf_rows_per_file(len(vision_obs))
-    file_idx = np.arange(len(vision_obs)) // per_file
-    row_idx = np.arange(len(vision_obs)) % per_file
-    # About 2% of the index rows are repeated, like the published index (7,949 rows for 7,113 embeddings).
-    rng = np.random.default_rng([cfg.seed, 3])
-    repeat = np.ones(len(vision_obs), np.int64)
-    repeat[rng.random(len(vision_obs)) < 0.02] = 2
-    if len(vision_obs) > 1 and (repeat == 1).all():
-        repeat[len(vision_obs) // 2] = 2  # at least one, so every dataset exercises the duplicate rule
-    index = pa.table(
-        {
-            "gbif_id": pa.array(np.repeat(dataset.gbif_id[vision_obs], repeat)),
-            "file_idx": pa.array(np.repeat(file_idx, repeat).astype(np.int64)),
-            "row_idx": pa.array(np.repeat(row_idx, repeat).astype(np.int64)),
-        }
-    )
-    pq.write_table(index, out / HF_VISION_INDEX_FILE)
-
-    size = int(np.prod(cfg.vision_shape))
-    row_bytes = size * 4
-    group_rows = max(1, _ROW_GROUP_BYTES // row_bytes)
-    schema = pa.schema(
-        [("gbif_id", pa.int64()), ("embedding", pa.list_(pa.float32())), ("original_shape", pa.string())]
-    )
-    shape_text = original_shape_text(cfg.vision_shape)
-    (out / HF_VISION_DIR).mkdir()
-    bar = _progress_bar(len(vision_obs), row_bytes, progress, "synth hf")
-    for k in range(int(file_idx.max()) + 1 if len(vision_obs) else 0):
-        rows = vision_obs[file_idx == k]
-        # No dictionary for the embeddings: random floats make it slow and 30% larger than plain.
-        path = out / HF_VISION_DIR / f"embeddings_{k:06d}.parquet"
-        with pq.ParquetWriter(path, schema, use_dictionary=["original_shape"]) as writer:
-            for start in range(0, len(rows), group_rows):
-                group = rows[start : start + group_rows]
-                flat = np.empty(len(group) * size, np.float32)
-                for j, i in enumerate(group):
-                    flat[j * size : (j + 1) * size] = dataset.vision_row(int(i)).reshape(-1)
-                offsets = pa.array(np.arange(len(group) + 1, dtype=np.int64) * size, pa.int64())
-                table = pa.table(
-                    {
-                        "gbif_id": pa.array(dataset.gbif_id[group]),
-                        "embedding": pa.ListArray.from_arrays(offsets, pa.array(flat)).cast(
-                            pa.list_(pa.float32())
-                        ),
-                        "original_shape": pa.array([shape_text] * len(group), pa.string()),
-                    },
-                    schema=schema,
-                )
-                writer.write_table(table, row_group_size=len(group))
-                del flat, table
-                if bar is not None:
-                    bar.update(len(group))
-    if bar is not None:
-        bar.close()
-    return out
-
-
-def write_dashboard(dataset: SyntheticDataset, out: str | Path, *, progress: bool = False) -> Path:
-    """Writes `dataset` as the original dashboard left it (DATA.md §2); returns the directory.
-
-    `observations.parquet` (the HF one) beside `embeddings.mmap` (raw float32 rows, no header, in a shuffled
-    order, as the original appended them file by file) and `embeddings_index.db` (SQLite `embedding_index`,
-    `file_offset` in bytes). Written one row at a time.
-    """
-    import sqlite3
-
-    cfg = dataset.config
-    out = _prepare_out(out)
-    _write_hf_observations(dataset, out / HF_OBSERVATIONS_FILE)
-    vision_obs = np.flatnonzero(dataset.has_vision)
-    order = vision_obs[np.random.default_rng([cfg.seed, 4]).permutation(len(vision_obs))]
-    row_bytes = int(np.prod(cfg.vision_shape)) * 4
-    per_file = _hf_rows_per_file(len(vision_obs))
-    meta = dataset.metadata_columns()
-    bar = _progress_bar(len(order), row_bytes, progress, "synth dashboard")
-    records = []
-    with open(out / DASHBOARD_MMAP_FILE, "wb") as f:
-        for k, i in enumerate(order):
-            f.write(dataset.vision_row(int(i)).tobytes())
-            records.append(
-                (
-                    int(meta["gbif_id"][i]),
-                    k * row_bytes,
-                    str(meta["taxon_id"][i]),
-                    str(meta["taxon_name"][i]),
-                    float(meta["latitude"][i]),
-                    float(meta["longitude"][i]),
-                    int(meta["year"][i]),
-                    int(meta["month"][i]),
-                    int(meta["day"][i]),
-                    None if meta["hour"][i] < 0 else int(meta["hour"][i]),
-                    1,
-                    str(meta["split"][i]),
-                    int(np.searchsorted(vision_obs, i)) // per_file,
-                )
-            )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    db = sqlite3.connect(out / DASHBOARD_INDEX_FILE)
-    try:
-        db.execute(
-            "CREATE TABLE embedding_index (gbif_id INTEGER PRIMARY KEY, file_offset INTEGER, taxon_id TEXT, "
-            "taxon_name TEXT, latitude REAL, longitude REAL, year INTEGER, month INTEGER, day INTEGER, "
-            "hour INTEGER, has_vision INTEGER, split TEXT, file_idx INTEGER)"
-        )
-        db.executemany(f"INSERT INTO embedding_index VALUES ({', '.join('?' * 13)})", records)
-        db.commit()
-    finally:
-        db.close()
-    return out
+        return getattr(synthetic_layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
