@@ -15,16 +15,9 @@ import numpy as np
 from deepearth_jax import metrics as metrics_lib
 from deepearth_jax import parallel
 from deepearth_jax.data import pipeline
+from deepearth_jax.data.split.reasons import reason_group  # temporal, spatial, fold, buffer, ...
 
 log = logging.getLogger(__name__)
-
-
-def reason_group(reason: str) -> str:
-    """Coarse group of a split reason: temporal, spatial, fold, or the reason itself."""
-    for prefix in ("temporal", "spatial", "fold", "buffer"):
-        if reason.startswith(prefix):
-            return prefix
-    return reason
 
 
 @dataclasses.dataclass

@@ -1,0 +1,232 @@
+"""make_split: the pool, test regions, reasons, folds and statistics assembled into the split file's JSON."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+
+from deepearth_jax import __version__
+from deepearth_jax.data.split.file_format import SPLIT_FORMAT, SPLIT_VERSION, Split, describe_ids, load_split
+from deepearth_jax.data.split.folds import make_folds
+from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
+from deepearth_jax.data.split.pool import Pool, pool_of
+from deepearth_jax.data.split.reasons import Kind, of_kind
+from deepearth_jax.data.split.regions import assign_reasons, choose_regions
+from deepearth_jax.data.split.stats import fold_statistics, statistics
+
+
+def _taxon_id_value(value):
+    """The original wrote taxon_id as an int; keep ints where the id is numeric."""
+    text = str(value)
+    return int(text) if text.isdigit() else text
+
+
+def _optional_int(value) -> int | None:
+    return None if value is None or not np.isfinite(value) else int(value)
+
+
+def _from_other(other: Split, options: SplitOptions) -> tuple[SplitOptions, list[dict], dict | None]:
+    """The options, regions and block_cv record that re-applying `other` takes from it."""
+    strategy = other.raw["split_strategy"]
+    spatial = strategy.get("spatial_split", {})
+    options = options.replace(
+        test_years=strategy.get("temporal_split", {}).get("test_years", []),
+        num_regions=len(other.regions),
+        region_km=float(spatial.get("region_size_km", options.region_km)),
+        min_distance_km=float(spatial.get("min_distance_km", options.min_distance_km)),
+        buffer_km=float(spatial.get("buffer_km", 0.0)),
+        all_observations=spatial.get("candidate_pool", "vision") == "all",
+    )
+    reuse_cv = strategy["block_cv"] if options.folds == 0 and strategy.get("block_cv") else None
+    return options, [dict(r) for r in other.regions], reuse_cv
+
+
+def _check_options(o: SplitOptions) -> None:
+    """Refuses parameters out of range."""
+    if o.num_regions < 0 or o.region_km <= 0 or o.min_distance_km < 0 or o.buffer_km < 0:
+        raise ValueError(
+            "need --regions >= 0, --region-km > 0, --min-distance-km >= 0, --buffer-km >= 0; "
+            f"got {o.num_regions}, {o.region_km}, {o.min_distance_km}, {o.buffer_km}"
+        )
+
+
+def _check_years(pool: Pool, years: list[int]) -> None:
+    """Refuses test years the pool has no observation in."""
+    present = set(np.unique(pool.year).tolist())
+    absent = [y for y in years if y not in present]
+    if absent:
+        raise ValueError(
+            f"test year(s) {', '.join(map(str, absent))} have no observations in the pool of "
+            f"{len(pool.rows)} (years present: {int(pool.year.min())}..{int(pool.year.max())})"
+        )
+
+
+def make_split(
+    store,
+    options: SplitOptions | None = None,
+    *,
+    regions_from: str | Path | Split | None = None,
+    allow_missing: bool = False,
+    **changes,
+) -> dict:
+    """Makes a split of `store` and returns the JSON payload (the package docstring states the rules).
+
+    Args:
+      options: the parameters (SplitOptions; its defaults when None); `changes` override fields by name,
+        e.g. `make_split(store, seed=1, buffer_km=2.0)`.
+      regions_from: a split file (path or Split) whose test years, regions, buffer, pool and folds are applied
+        again; the assignment of every id both share must come out the same (ValueError otherwise).
+      allow_missing: with regions_from, drop ids of that file that this store's pool lacks instead of failing.
+    """
+    options = (options or DEFAULTS).replace(**changes)
+    other = reuse_cv = regions = None
+    if regions_from is not None:
+        other = regions_from if isinstance(regions_from, Split) else load_split(regions_from)
+        options, regions, reuse_cv = _from_other(other, options)
+        selection = {"objective": f"regions reused from {other.path or 'another split file'}"}
+    years = sorted({int(y) for y in (options.test_years or ())})
+    _check_options(options)
+    pool = pool_of(store, options.all_observations)
+    _check_years(pool, years)
+    if other is None:
+        regions, selection = choose_regions(
+            pool,
+            num_regions=options.num_regions,
+            region_km=options.region_km,
+            min_distance_km=options.min_distance_km,
+            region_share=options.region_share,
+            seed=options.seed,
+        )
+    split, reason = assign_reasons(pool.lat, pool.lon, pool.year, years, regions, options.buffer_km)
+    for region in regions:
+        region["observation_count"] = int(of_kind(reason, Kind.SPATIAL_TEST, int(region["region_id"])).sum())
+    fold = bits = cv_record = None
+    if options.folds or reuse_cv is not None:
+        fold, bits, cv_record = make_folds(
+            pool.lat,
+            pool.lon,
+            num_folds=options.folds,
+            block_km=options.block_km,
+            buffer_km=options.buffer_km,
+            seed=options.seed,
+            reuse=reuse_cv,
+        )
+    compared = _compare_with(other, pool, reason, fold, allow_missing) if other is not None else None
+    stats = statistics(pool, split, reason, regions, years)
+    if cv_record is not None:
+        stats["block_cv"] = fold_statistics(pool, fold, bits, cv_record)
+    if compared is not None:
+        stats["regions_from"] = compared
+    payload = _payload(store, pool, options, years, regions, selection, split, stats)
+    if cv_record is not None:
+        payload["split_strategy"]["block_cv"] = cv_record
+    payload["observation_mappings"] = _mappings(pool, split, reason, fold, bits, cv_record)
+    return payload
+
+
+def _payload(store, pool: Pool, options: SplitOptions, years, regions, selection, split, stats) -> dict:
+    """Every key of the file but the observation mappings (and block_cv), in the original's order."""
+    train = split == "train"
+    provenance = store.manifest.get("provenance", {})
+    return {
+        "format": {"name": SPLIT_FORMAT, "version": SPLIT_VERSION},
+        "dataset_info": {
+            "dataset_name": str(provenance.get("dataset_name") or Path(store.path).name),
+            "version": str(provenance.get("dataset_version", "unknown")),
+            "split_created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "description": "Spatial and temporal train/test split for DeepEarth ML training (deepearth_jax)",
+            "store": str(store.path),
+            "store_created": store.manifest.get("created"),
+            "store_observations": int(store.num_observations),
+            "generator": f"deepearth_jax {__version__}",
+        },
+        "split_strategy": {
+            "temporal_split": {
+                "train_years": f"all except {', '.join(map(str, years))}" if years else "all",
+                "test_years": years,
+                "description": "Exclude the test years from training to test temporal generalization",
+            },
+            "spatial_split": {
+                "num_test_regions": len(regions),
+                "region_size_km": float(options.region_km),
+                "min_distance_km": float(options.min_distance_km),
+                "description": "Spatial carve-outs for testing geographic generalization",
+                "buffer_km": float(options.buffer_km),
+                "seed": int(options.seed),
+                "candidate_pool": "all" if options.all_observations else "vision",
+                "box_rule": "half-side size_km/2 at 111 km/deg of latitude, 111*cos(center_lat) of longitude",
+                "assignment_order": "temporal first, then each region in order overrides; buffers last",
+                "selection": selection,
+            },
+        },
+        "train_spatial_bounds": {
+            "north": float(pool.lat[train].max()) if train.any() else None,
+            "south": float(pool.lat[train].min()) if train.any() else None,
+            "east": float(pool.lon[train].max()) if train.any() else None,
+            "west": float(pool.lon[train].min()) if train.any() else None,
+        },
+        "test_spatial_regions": regions,
+        "split_statistics": stats,
+        "observation_mappings": {},
+    }
+
+
+def _mappings(pool: Pool, split, reason, fold, bits, cv_record) -> dict:
+    """`observation_mappings`: one entry per pool observation, in store order."""
+    mappings = {}
+    for i in range(len(pool.rows)):
+        entry = {
+            "gbif_id": int(pool.gbif[i]),
+            "taxon_id": _taxon_id_value(pool.taxon_id[i]),
+            "taxon_name": str(pool.taxon_name[i]),
+            "image_index": int(pool.image_index[i]),
+            "split": str(split[i]),
+            "split_reason": str(reason[i]),
+            "latitude": float(pool.lat[i]),
+            "longitude": float(pool.lon[i]),
+            "year": int(pool.year[i]),
+            "month": _optional_int(pool.month[i]),
+            "day": _optional_int(pool.day[i]),
+        }
+        if fold is not None:
+            entry["fold"] = int(fold[i])
+            entry["fold_buffer"] = [f for f in range(cv_record["num_folds"]) if (bits[i] >> f) & 1]
+        mappings[str(pool.ids[i])] = entry
+    return mappings
+
+
+def _compare_with(other: Split, pool: Pool, reason: np.ndarray, fold, allow_missing: bool) -> dict:
+    """Checks that ids shared with `other` got the same reason (and fold); records membership changes."""
+    index = {oid: i for i, oid in enumerate(pool.ids.tolist())}
+    theirs = other.ids
+    missing = [oid for oid in theirs if oid not in index]
+    if missing and not allow_missing:
+        raise ValueError(
+            f"split file {other.path or '(in memory)'} names {len(missing)} observation id(s) that this "
+            f"store's candidate pool lacks: {describe_ids(missing)}; pass --allow-missing to drop them"
+        )
+    shared = [oid for oid in theirs if oid in index]
+    different = [oid for oid in shared if other.reasons[oid] != str(reason[index[oid]])]
+    if different:
+        shown = ", ".join(f"{o}: {other.reasons[o]} -> {reason[index[o]]}" for o in different[:3])
+        raise ValueError(
+            f"re-applying {other.path or 'the split file'} gives {len(different)} of {len(shared)} shared "
+            f"ids another reason ({shown}); this store's coordinates or years differ from the ones it was "
+            "made from"
+        )
+    if fold is not None and other.folds is not None:
+        moved = [oid for oid in shared if other.folds[oid] != fold[index[oid]]]
+        if moved:
+            raise ValueError(
+                f"re-applying {other.path or 'the split file'} moves {len(moved)} shared ids to another fold "
+                f"(e.g. {describe_ids(moved, 3)})"
+            )
+    return {
+        "source": str(other.path) if other.path is not None else None,
+        "shared_observations": len(shared),
+        "missing_from_store": len(missing),
+        "new_observations": int(len(pool.ids) - len(shared)),
+        "identical_reasons": True,
+    }
