@@ -28,7 +28,7 @@ from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import parallel, plots, steps
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.train import TrainError, prepare_data, species_language
+from deepearth_jax.inputs import TrainError, prepare_data, species_language
 
 log = logging.getLogger("deepearth_jax.evaluate")
 

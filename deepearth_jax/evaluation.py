@@ -14,7 +14,7 @@ import numpy as np
 
 from deepearth_jax import metrics as metrics_lib
 from deepearth_jax import parallel
-from deepearth_jax.data import pipeline
+from deepearth_jax.data import modes, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Evaluator:
         """Evaluates `state` on every example of the subset once."""
         if len(self.rows) == 0:
             return EvalResult({}, {})
-        keys = ("species", "mask", "row", *_mode_keys(self.config.mode))
+        keys = ("species", "mask", "row", *modes.input_keys(self.config.mode))
         host_rows: list[np.ndarray] = []
 
         def host_batches():
@@ -83,7 +83,7 @@ class Evaluator:
         collected: list[dict] = []
         sharding = parallel.batch_sharding(self.mesh)
         for i, batch in enumerate(pipeline.device_prefetch(host_batches(), sharding, depth=2)):
-            outputs = to_host(self.eval_step(state, batch))
+            outputs = parallel.to_host(self.eval_step(state, batch))
             outputs = {k: np.asarray(v) for k, v in outputs.items()}
             outputs["row"] = host_rows[i] if jax.process_count() == 1 else _global_rows(host_rows[i])
             collected.append(outputs)
@@ -143,28 +143,6 @@ def summarize(out: dict) -> dict:
             if len(selected):
                 result[key] = float(np.mean(selected))
     return result
-
-
-# The embeddings each mode sends to the device.
-MODE_KEYS = {
-    "language": ("language",),
-    "vision": ("vision",),
-    "vision_pooled": ("vision_pooled",),
-    "multimodal": ("language", "vision"),
-}
-
-
-def _mode_keys(mode: str) -> tuple[str, ...]:
-    return MODE_KEYS[mode]
-
-
-def to_host(tree):
-    """Device arrays to numpy; in multi-process runs, gathers every process's shards."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _global_rows(local_rows: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ jit by `label_map` int32 (num_store_species,) (-1: absent from training, exclude
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,6 +94,19 @@ def create_train_state(
     shardings = state_sharding_for(abstract_state, mesh, bool(config.mesh.get("shard_params", False)))
     state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state
+
+
+def model_params(state: State) -> nnx.State:
+    """The model's parameters (nnx.Param) out of the train state."""
+    return nnx.filter_state(state["model"], nnx.Param)
+
+
+def params_checksum(state: State) -> str:
+    """SHA-256 over the bytes of every parameter, in tree order (identical runs give identical sums)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(model_params(state)):
+        digest.update(np.ascontiguousarray(parallel.to_host(leaf)).tobytes())
+    return digest.hexdigest()
 
 
 def state_sharding_of(state: State) -> State:

@@ -239,7 +239,7 @@ def test_bad_data_fails_before_compiling(tiny_data, tmp_path):
         pa.array(np.full(opened.num_observations, -1, np.int64)),
     )
     writer.finalize(table, opened.species)
-    with pytest.raises(train_lib.TrainError, match="needs vision embeddings"):
+    with pytest.raises(ValueError, match="needs vision embeddings"):
         train_lib.train_and_evaluate(tiny_config("vision", tmp_path / "novision", split), tmp_path / "w3")
     # ... while the language model trains on it.
     config = tiny_config("language", tmp_path / "novision", split, num_steps=1)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepearth_jax.data import pipeline
+from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.store import open_store
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default 16)")
     p.add_argument("--runs", type=int, default=10, help="batches per timed stretch (default 10)")
     p.add_argument("--repeats", type=int, default=5, help="timed stretches; the best is reported (default 5)")
-    p.add_argument("--mode", choices=pipeline.MODES, default="vision", help="pipeline mode (default vision)")
+    p.add_argument("--mode", choices=modes.MODES, default="vision", help="pipeline mode (default vision)")
     p.add_argument("--threads", type=int, default=4, help="pipeline reading threads (default 4)")
     p.add_argument(
         "--buffer-mb", type=float, default=512, help="pipeline read-ahead bytes in MiB (default 512)"

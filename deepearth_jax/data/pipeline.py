@@ -45,25 +45,18 @@ from typing import Any
 import grain
 import numpy as np
 
+from deepearth_jax.data import modes
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.background import background_iter
 
 log = logging.getLogger(__name__)
 
-MODES = ("language", "vision", "vision_pooled", "multimodal")
-_NEEDS_VISION = {"vision", "vision_pooled", "multimodal"}
-_NEEDS_LANGUAGE = {"language", "multimodal"}
 # A pool keeps at most this many spare buffers per key beyond the prefetch depth.
 _POOL_SLACK = 4
 # Beyond this many batches in flight, reading further ahead only costs memory.
 _MAX_PREFETCH = 16
 # Splitting a batch's copy across threads pays off only for chunks of at least this many bytes.
 _MIN_SPLIT_BYTES = 8 << 20
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
 def _as_store(store: store_lib.Store | str | os.PathLike) -> store_lib.Store:
@@ -90,15 +83,20 @@ def usable_rows(store: store_lib.Store, rows: np.ndarray, mode: str) -> np.ndarr
     (`vision_row < 0`); language modes keep every row (each observation has a language row). Raises
     ValueError when the store lacks the array a mode needs, or for rows outside the table.
     """
-    _check_mode(mode)
+    modes.check_store(store, mode)
     rows = _check_rows(store, rows)
-    if mode in _NEEDS_VISION and not store.has_vision:
-        raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
-    if mode in _NEEDS_LANGUAGE and store.language is None:
-        raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
-    if mode in _NEEDS_VISION:
+    if modes.needs_vision(mode):
         rows = rows[store.column("vision_row")[rows] >= 0]
     return rows
+
+
+def _source(store: store_lib.Store, key: str) -> np.ndarray:
+    """The array a batch key is gathered from: a store embedding, or the pooled-vision cache."""
+    if key == "vision_pooled":
+        from deepearth_jax.data.features import pooled_vision
+
+        return pooled_vision(store)
+    return store.language if key == "language" else store.vision
 
 
 def _free_refcount() -> int:
@@ -145,7 +143,7 @@ class BatchReader:
 
     Args:
       store: an opened store.
-      mode: one of MODES.
+      mode: one of `modes.MODES`.
       batch_size: the number of rows of every batch (process-local).
       pool_capacity: how many recycled buffers per embedding key to keep (at least the batches in flight).
       split: copy one batch's embeddings on this many threads (chunks of at least _MIN_SPLIT_BYTES), so a
@@ -155,7 +153,7 @@ class BatchReader:
     def __init__(
         self, store: store_lib.Store, mode: str, batch_size: int, pool_capacity: int = 8, split: int = 1
     ):
-        _check_mode(mode)
+        modes.check_store(store, mode)
         self.store, self.mode, self.batch_size = store, mode, int(batch_size)
         self.split = 1
         self._copiers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -170,19 +168,7 @@ class BatchReader:
         )
         self.vision_row = np.ascontiguousarray(col("vision_row"), dtype=np.int64)
         self.language_row = np.ascontiguousarray(col("language_row"), dtype=np.int64)
-        self.sources: dict[str, np.ndarray] = {}
-        if mode in _NEEDS_LANGUAGE:
-            if store.language is None:
-                raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
-            self.sources["language"] = store.language
-        if mode in ("vision", "multimodal"):
-            if not store.has_vision:
-                raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
-            self.sources["vision"] = store.vision
-        if mode == "vision_pooled":
-            from deepearth_jax.data.features import pooled_vision
-
-            self.sources["vision_pooled"] = pooled_vision(store)
+        self.sources: dict[str, np.ndarray] = {key: _source(store, key) for key in modes.input_keys(mode)}
         self.pools = {
             key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
             for key, source in self.sources.items()
@@ -321,7 +307,7 @@ class TrainBatches:
     Args:
       store: an opened store.
       rows: `(N,)` observation table rows to train on; pass them through `usable_rows` first.
-      mode: one of MODES (decides the embedding keys).
+      mode: one of `modes.MODES` (decides the embedding keys).
       global_batch_size: examples per step over all processes (divisible by process_count).
       seed: shuffle seed in [0, 2**32); epoch e is the permutation of numpy's Generator seeded `[seed, e]`.
       process_index, process_count: this JAX process and how many there are.
@@ -351,7 +337,7 @@ class TrainBatches:
         buffer_bytes: int = 512 << 20,
         start_epoch: int = 0,
     ):
-        _check_mode(mode)
+        modes.check_mode(mode)
         self.rows = _check_rows(store, rows)
         local = _check_batching(len(self.rows), global_batch_size, process_index, process_count)
         self.steps_per_epoch = len(self.rows) // global_batch_size
@@ -468,7 +454,7 @@ def eval_batches(
     step never recompiles and padding never counts. Process `p` gets positions `p::process_count` of each
     global batch. Closing the generator (or leaving its loop) stops the reading threads.
     """
-    _check_mode(mode)
+    modes.check_mode(mode)
     rows = _check_rows(store, rows)
     local = _check_batching(len(rows), global_batch_size, process_index, process_count)
     if len(rows) == 0:
