@@ -20,6 +20,7 @@ import common  # noqa: E402
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.mode = "multimodal"
+    c.task = "masked_autoencoding"
     c.model.name = "mae"
     c.model.hidden = (512,)
     c.model.dropout = 0.0

@@ -12,8 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepearth_jax import metrics as metrics_lib
-from deepearth_jax import parallel
+from deepearth_jax import parallel, tasks
 from deepearth_jax.data import modes, pipeline
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ class Evaluator:
 
     def __init__(self, config: ml_collections.ConfigDict, data, eval_step, mesh, subset: str = "test"):
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
+        self.task = tasks.from_config(config)
         self.rows = data.test_rows if subset == "test" else data.train_rows
         fold = None if config.fold < 0 else int(config.fold)
         reasons = (
@@ -99,50 +99,25 @@ class Evaluator:
         """Per-example outputs -> `{"<subset>/<metric>": value, "<subset>/<group>/<metric>": ...}`."""
         prefix = self.subset
         groups = self.groups_of(out["row"])
-        labels = out.get("labels")
+        labels = out["labels"]
         result: dict[str, float] = {}
 
         def add(name: str, select: np.ndarray | None = None) -> None:
             part = out if select is None else {k: v[select] for k, v in out.items()}
             if len(part["row"]) == 0:
                 return
-            result.update({f"{name}/{k}": v for k, v in summarize(part).items()})
+            result.update({f"{name}/{k}": v for k, v in self.task.summarize(part).items()})
             result[f"{name}/count"] = float(len(part["row"]))
 
         add(prefix)
         for group in sorted(set(groups.tolist())):
             add(f"{prefix}/{group}", groups == group)
-        if labels is not None:
-            unseen = labels < 0
-            result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
-            if unseen.any():
-                add(f"{prefix}/unseen_species", unseen)
-                add(f"{prefix}/seen_species", ~unseen)
+        unseen = labels < 0
+        result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
+        if unseen.any():
+            add(f"{prefix}/unseen_species", unseen)
+            add(f"{prefix}/seen_species", ~unseen)
         return result
-
-
-def summarize(out: dict) -> dict:
-    """Metrics of a set of per-example outputs: classification and/or retrieval, and mean losses."""
-    result = {}
-    if "top5" in out:
-        labels = out["labels"]
-        result["top1"] = metrics_lib.topk_accuracy(out["top5"], labels, k=1)
-        result["top5"] = metrics_lib.topk_accuracy(out["top5"], labels, k=min(5, out["top5"].shape[1]))
-        result["balanced_accuracy"] = metrics_lib.balanced_accuracy(out["top5"][:, 0], labels)
-    if "retrieval_top5" in out:
-        species = out["species"]
-        result["retrieval_top1"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=1)
-        k = min(5, out["retrieval_top5"].shape[1])
-        result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=k)
-    # Classification loss is defined only for species seen in training (label >= 0).
-    seen = out["labels"] >= 0 if ("labels" in out and "top5" in out) else np.ones(len(out["row"]), bool)
-    for key, value in out.items():
-        # Per-example losses (loss, recon_vision, vision_to_language, ...) are averaged.
-        if value.ndim == 1 and value.dtype.kind == "f":
-            selected = value[seen] if key == "loss" else value
-            if len(selected):
-                result[key] = float(np.mean(selected))
-    return result
 
 
 def _global_rows(local_rows: np.ndarray) -> np.ndarray:

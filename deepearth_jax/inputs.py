@@ -277,11 +277,3 @@ def device_batches(
         sharding = parallel.batch_sharding(mesh) if k == 1 else parallel.stacked_batch_sharding(mesh)
         for batch in pipeline.device_prefetch(iter(feed), sharding, depth=config.data.device_prefetch):
             yield k, batch, feed.consumed()
-
-
-def species_language(store: store_lib.Store) -> np.ndarray | None:
-    """`(num_store_species, L)` float32: row s is the language vector of store species s (for retrieval)."""
-    if store.language is None:
-        return None
-    rows = store.species.column("language_row").to_numpy()
-    return np.asarray(store.language[rows], np.float32)

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from deepearth_jax import checkpoint as checkpoint_lib
-from deepearth_jax import config_utils, inputs, parallel, steps, writers
+from deepearth_jax import config_utils, inputs, parallel, steps, tasks, writers
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError
@@ -125,7 +125,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
             label_map,
             mesh=mesh,
             state_sharding=state_sharding,
-            retrieval_language=inputs.species_language(data.store),
+            constants=tasks.from_config(config).eval_constants(data.store),
         )
         evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh)
         checkpointer = checkpoint_lib.Checkpointer(

@@ -34,6 +34,7 @@ def make_config(
 ) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
+            "task": "classification",
             "model": {"name": name, "hidden": (32, 16), "dropout": dropout},
             "optimizer": {
                 "name": "adam",

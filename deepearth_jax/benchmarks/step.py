@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepearth_jax.data import modes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CLASSES = 227  # the published split's species count (DATA.md section 3)
@@ -100,17 +102,14 @@ def random_batch(config: Any, dims: dict[str, Any], batch_size: int, num_species
         "species": rng.integers(0, num_species, batch_size).astype(np.int32),
         "mask": np.ones(batch_size, bool),
     }
-    mode = config.mode
-    if mode in ("language", "multimodal"):
-        batch["language"] = rng.standard_normal((batch_size, dims["language"]), np.float32)
-    if mode == "vision":
-        batch["vision"] = rng.standard_normal((batch_size, *dims["vision_shape"]), np.float32).astype(
-            np.float16
-        )
-    if mode in ("vision_pooled", "multimodal"):
-        batch["vision_pooled"] = rng.standard_normal((batch_size, dims["vision"]), np.float32)
-    if mode not in ("language", "vision", "vision_pooled", "multimodal"):
-        raise ValueError(f"unknown mode {mode!r}; known: language, vision, vision_pooled, multimodal")
+    shapes = {
+        "language": (dims["language"],),
+        "vision": dims["vision_shape"],
+        "vision_pooled": (dims["vision"],),
+    }
+    for key in modes.input_keys(config.mode):
+        values = rng.standard_normal((batch_size, *shapes[key]), np.float32)
+        batch[key] = values.astype(np.float16) if key == "vision" else values  # tokens stored as float16
     return batch
 
 
