@@ -336,16 +336,9 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     )
     parser.add_argument("--workdir", default=None, help="run directory (default: checkpoints/<config name>)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--config.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
-        key, _, value = item[len("--config.") :].partition("=")
-        overrides[key] = value
+    args, overrides = parser.parse_known_args(argv)
     setup_logging(args.verbose, timestamps=True)
-    config = config_utils.load_config(args.config)
-    config_utils.apply_overrides(config, overrides)
+    config = config_utils.load_config(args.config, overrides)
     workdir = (
         Path(args.workdir) if args.workdir else Path("checkpoints") / Path(args.config.split(":")[0]).stem
     )

@@ -15,7 +15,7 @@ import pytest
 
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import train as train_lib
-from deepearth_jax.config_utils import apply_overrides, load_config
+from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.synthetic import make_synthetic_store
@@ -36,9 +36,8 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_config(name: str, store: Path, split: Path, **overrides):
-    config = load_config(f"{ROOT}/configs/{name}.py:tiny")
-    values = {"store": str(store), "split_file": str(split), **{k: str(v) for k, v in overrides.items()}}
-    return apply_overrides(config, values)
+    values = {"store": store, "split_file": split, **overrides}
+    return load_config(f"{ROOT}/configs/{name}.py:tiny", [f"--config.{k}={v}" for k, v in values.items()])
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -190,6 +189,8 @@ def test_bad_input_gives_one_line_errors(tiny_data, tmp_path, capsys):
         ([f"--config.store={store}", f"--config.split_file={split}", "--config.model.name=resnet"], "resnet"),
         ([f"--config.store={store}", f"--config.split_file={split}", "--config.mode=audio"], "unknown mode"),
         (["--config.optimizr.lr=1"], "did you mean optimizer"),
+        (["--config.batch_size=1.5"], "--config.batch_size=1.5: invalid literal for int()"),
+        (["--config.store"], "overrides look like --config.FIELD=VALUE"),
     ]
     for extra, message in cases:
         code = train_lib.main(

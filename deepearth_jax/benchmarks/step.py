@@ -44,7 +44,10 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", required=True, help="config file, optionally with an argument: configs/language.py:tiny"
+        "--config",
+        required=True,
+        help="config file, optionally with an argument: configs/language.py:tiny; override fields as for "
+        "train: --config.mode=vision --config.demo.vision_shape='(8,24,24,1408)'",
     )
     p.add_argument(
         "--batch-sizes", type=_int_list, default=[32, 256], help="comma-separated (default 32,256)"
@@ -61,13 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"classes C (default {DEFAULT_NUM_CLASSES})",
     )
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="config override, repeatable: --set mode=vision --set demo.vision_shape=(8,24,24,1408)",
-    )
-    p.add_argument(
         "--max-batch-gb",
         type=float,
         default=4.0,
@@ -76,13 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-time", type=float, default=2.0, help="seconds of timed steps per setting (default 2)"
     )
-
-
-def load_config(spec: str) -> Any:
-    """A config from `path.py[:arg]` (via the project's config loader)."""
-    from deepearth_jax.config_utils import load_config as _load
-
-    return _load(spec)
 
 
 def input_dims_of(config: Any) -> dict[str, Any]:
@@ -337,18 +326,9 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
 
 def run(args: argparse.Namespace) -> int:
     from deepearth_jax import parallel
-    from deepearth_jax.config_utils import apply_overrides
+    from deepearth_jax.config_utils import load_config
 
-    config = load_config(args.config)
-    overrides = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[field] = value
-    if overrides:
-        config.unlock()
-        config = apply_overrides(config, overrides)
+    config = load_config(args.config, getattr(args, "overrides", ()))
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
     if args.min_time <= 0:
