@@ -13,9 +13,7 @@ import argparse
 import json
 import logging
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,29 +31,6 @@ from deepearth_jax.io import progress_bar, write_json_atomic
 log = logging.getLogger("deepearth_jax.train")
 
 
-class _QuietOrbax(logging.Filter):
-    """Checkpoints between evals carry no metrics on purpose; orbax warns about each one."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietOrbax())
-
-# Fields a resumed run may change (the length of training and how often things happen); any other change
-# means a different run, which must not silently continue this one's checkpoint.
-RESUMABLE_CHANGES = {
-    "num_epochs",
-    "num_steps",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "data",
-    "distributed",
-    "allow_missing",
-}
-
-
 def itstime(step: int, every: int, total: int, *, advanced: int = 1, last: bool = True) -> bool:
     """Whether a periodic action is due after the steps `(step - advanced, step]` (big_vision's `itstime`).
 
@@ -63,26 +38,6 @@ def itstime(step: int, every: int, total: int, *, advanced: int = 1, last: bool 
     """
     crossed = every > 0 and step // every != (step - advanced) // every
     return crossed or (last and step >= total)
-
-
-class _Stopper:
-    """Turns SIGTERM into a flag the loop checks, so it saves and stops cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -164,33 +119,15 @@ def _meta(config: ml_collections.ConfigDict, data: inputs.Data) -> dict:
 
 def _restore(config, workdir: Path, checkpointer, state, meta: dict, data_in: inputs.Inputs):
     """`(state, step)`: the latest checkpoint of this same run in `workdir`, else the fresh state at 0."""
-    latest = checkpointer.latest_step()
-    if latest is None:
+    state, data_state, step = checkpoint_lib.restore_same_run(checkpointer, state, meta, workdir)
+    if step == 0:
         return state, 0
-    saved = checkpointer.restore_meta(latest)
-    changed = sorted(
-        k
-        for k in set(saved["config"]) | set(meta["config"])
-        if k not in RESUMABLE_CHANGES and saved["config"].get(k) != meta["config"].get(k)
-    )
-    if changed:
-        raise TrainError(
-            f"workdir {workdir} holds a run with a different config ({', '.join(changed)} differ); "
-            "use another --workdir or the same config"
-        )
-    if saved["class_species"] != meta["class_species"]:
-        raise TrainError(f"workdir {workdir} was trained with another species map (another store or split)")
-    state, data_state, _ = checkpointer.restore(latest, state)
     if not config.device_epochs:
         data_in.batches.set_state(data_state)
     if jax.process_index() == 0:
-        if latest >= data_in.total_steps:
-            print(
-                f"already trained: step {latest} of {data_in.total_steps} in {workdir}; rewriting the report"
-            )
-        else:
-            print(f"resuming from step {latest} in {workdir}", flush=True)
-    return state, latest
+        done = f"already trained: step {step} of {data_in.total_steps} in {workdir}; rewriting the report"
+        print(done if step >= data_in.total_steps else f"resuming from step {step} in {workdir}", flush=True)
+    return state, step
 
 
 def _step_calls(config, data_in: inputs.Inputs, mesh, graphdef, label_map, state_sharding, step: int):
@@ -228,7 +165,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     last_saved = checkpointer.latest_step()
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
     try:
-        with _Stopper() as stopper:
+        with checkpoint_lib.StopOnSigterm() as stopper:
             for advance, call, data_state in calls:
                 state, metrics = call(state, metrics)
                 step += advance
