@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepearth_jax import metrics as metrics_lib
-from deepearth_jax import plots
 
 TRAIN_METRICS = ("loss", "top1")
 SPECIES_COLUMNS = ("top1", "top5")
@@ -81,6 +80,8 @@ def species_scores(out: dict, select: np.ndarray, species: int) -> list:
 
 
 def write_figures(out: dict, class_names: list[str], out_dir: Path, step: int) -> None:
+    from deepearth_jax import plots  # matplotlib: only the evaluation report needs it
+
     seen = out["labels"] >= 0
     plots.plot_confusion(
         out["labels"][seen],
