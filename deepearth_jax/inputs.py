@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from deepearth_jax import parallel
-from deepearth_jax.data import modes, pipeline, synthetic
+from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
 
@@ -217,12 +217,9 @@ def device_training_data(config: ml_collections.ConfigDict, data: Data, mesh) ->
     """The whole training set on device, replicated (for `device_epochs`): species and the mode's input."""
     store, rows = data.store, data.train_rows
     host = {"species": store.column("species_index")[rows].astype(np.int32)}
-    if config.mode == "language":
-        host["language"] = np.asarray(store.language[store.column("language_row")[rows]], np.float32)
-    else:
-        from deepearth_jax.data import features
-
-        host["vision_pooled"] = np.asarray(features.pooled_vision(store)[store.column("vision_row")[rows]])
+    for key in modes.input_keys(config.mode):
+        index = store.column(reader.ROW_COLUMN[key])[rows]
+        host[key] = np.asarray(reader.source(store, key)[index], np.float32)
     return jax.device_put(host, parallel.replicated(mesh))
 
 

@@ -34,7 +34,11 @@ from deepearth_jax.data import store as store_lib
 _MIN_SPLIT_BYTES = 8 << 20
 
 
-def _source(store: store_lib.Store, key: str) -> np.ndarray:
+# The observation-table column that indexes each embedding key's source array.
+ROW_COLUMN = {"language": "language_row", "vision": "vision_row", "vision_pooled": "vision_row"}
+
+
+def source(store: store_lib.Store, key: str) -> np.ndarray:
     """The array a batch key is gathered from: a store embedding, or the pooled-vision cache."""
     if key == "vision_pooled":
         from deepearth_jax.data.features import pooled_vision
@@ -112,7 +116,7 @@ class BatchReader:
         )
         self.vision_row = np.ascontiguousarray(col("vision_row"), dtype=np.int64)
         self.language_row = np.ascontiguousarray(col("language_row"), dtype=np.int64)
-        self.sources: dict[str, np.ndarray] = {key: _source(store, key) for key in modes.input_keys(mode)}
+        self.sources: dict[str, np.ndarray] = {key: source(store, key) for key in modes.input_keys(mode)}
         self.pools = {
             key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
             for key, source in self.sources.items()
