@@ -10,6 +10,7 @@ steps, logs, evals, checkpoints), the final evaluation and the reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -60,15 +61,16 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
     parallel.check_global_batch(config.batch_size, mesh)
     if config.steps_per_call < 1:
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
-    data_in = inputs.create_inputs(config, workdir)
-    data, total_steps = data_in.data, data_in.total_steps
-    try:
+    with contextlib.ExitStack() as closing:
+        data_in = inputs.create_inputs(config, workdir)
+        closing.callback(data_in.close)
+        data = data_in.data
         # Model and optimizer, parameters created sharded; then the jitted steps.
         graphdef, state = steps.create_train_state(
             config,
             input_dims=data.input_dims,
             num_classes=len(data.class_names),
-            total_steps=total_steps,
+            total_steps=data_in.total_steps,
             mesh=mesh,
             seed=config.seed,
         )
@@ -86,23 +88,15 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         checkpointer = checkpoint_lib.Checkpointer(
             workdir / "checkpoints", best_metric=config.best_metric, best_mode=config.best_mode
         )
-        try:
-            meta = _meta(config, data)
-            state, step = _restore(config, workdir, checkpointer, state, meta, data_in)
-            calls = _step_calls(config, data_in, mesh, graphdef, label_map, state_sharding, step)
-            writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
-            try:
-                state, step = _loop(
-                    config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta
-                )
-                summary = _finish(config, workdir, data, state, checkpointer, step, total_steps, start_time)
-            finally:
-                writer.close()
-        finally:
-            checkpointer.close()
-    finally:
-        data_in.close()
-    return summary
+        closing.callback(checkpointer.close)
+        meta = _meta(config, data)
+        # Restore: rerunning the same command with the same workdir resumes.
+        state, step = _restore(config, workdir, checkpointer, state, meta, data_in)
+        calls = _step_calls(config, data_in, mesh, graphdef, label_map, state_sharding, step)
+        writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
+        closing.callback(writer.close)
+        state, step = _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta)
+        return _finish(config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time)
 
 
 def _meta(config: ml_collections.ConfigDict, data: inputs.Data) -> dict:
