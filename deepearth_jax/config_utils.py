@@ -29,6 +29,8 @@ def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     )
     try:
         flag_values(argv)
+    except ImportError as e:  # the config's own imports, e.g. `configs` outside the repository root
+        raise ValueError(f"config file {spec} failed: {e} (run from the repository root)") from None
     except flags.IllegalFlagValueError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         if "Error whilst parsing config file" in lines[0]:

@@ -46,7 +46,7 @@ class TrainState(nnx.Module):
 def build_train_state(
     config: Any, *, input_dims: Mapping[str, int], num_classes: int, total_steps: int, seed: int
 ) -> TrainState:
-    """The unsplit `TrainState` (model in train mode + optimizer) on the default device; tests and tools."""
+    """The unsplit `TrainState` (model in train mode + optimizer) (what `create_train_state` traces)."""
     tx = make_optimizer(config.optimizer, total_steps)
     model = create_model(config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed))
     model.train()
