@@ -277,3 +277,22 @@ def test_block_cv_fold_is_the_test_set(tiny_data, tmp_path):
         usable = test_rows[opened.column("vision_row")[test_rows] >= 0]
         assert final["test/count"] == len(usable)
         assert final["test/fold/count"] == len(usable)  # every test row is reported under its fold reason
+
+
+def test_itstime_fires_once_per_crossed_multiple_and_at_the_end():
+    due = [s for s in range(1, 11) if train_lib.itstime(s, 3, 10)]
+    assert due == [3, 6, 9, 10]
+    # Calls of K=4 steps: (0, 4] holds 3, (4, 8] holds 6, (8, 12] holds 9 and the end.
+    assert [train_lib.itstime(s, 3, 12, advanced=4) for s in (4, 8, 12)] == [True, True, True]
+    assert not train_lib.itstime(5, 0, 10) and not train_lib.itstime(5, -1, 10)
+    assert not train_lib.itstime(10, 3, 10, last=False)
+
+
+def test_unknown_task_names_the_known_ones(tiny_data):
+    from deepearth_jax import tasks
+
+    store, split = tiny_data
+    with pytest.raises(
+        ValueError, match="unknown task 'ranking'; known: classification, masked_autoencoding"
+    ):
+        tasks.from_config(tiny_config("vision", store, split, task="ranking"))
