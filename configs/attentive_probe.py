@@ -8,14 +8,11 @@ The standard probe for V-JEPA features; streams full tokens (`mode=vision`).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, tiny=False)
     c = common.base_config()
     c.mode = "vision"
     c.model.name = "attentive_probe"
@@ -28,10 +25,8 @@ def get_config(arg: str | None = None):
     c.optimizer.weight_decay = 1e-4
     c.batch_size = 32
     c.num_epochs = 10
-    if arg == "tiny":
+    if arg.tiny:
         common.tiny(c)
         c.model.num_heads = 2
-    elif arg:
-        raise ValueError(f"configs/attentive_probe.py takes no argument or 'tiny', got {arg!r}")
     c.lock()
     return c

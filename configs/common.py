@@ -8,6 +8,24 @@ from __future__ import annotations
 import ml_collections
 
 
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+    """The `:arg` of `--config file.py:arg` as fields of `spec`: `"tiny"` sets a bool, `"k=v,..."` the rest.
+
+    `parse_arg("tiny", tiny=False).tiny == True`; an unknown name raises ValueError naming the known ones.
+    """
+    result = ml_collections.ConfigDict(spec)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if key not in spec:
+            raise ValueError(f"unknown config argument {key!r}; known: {', '.join(spec)}")
+        if not sep and not isinstance(spec[key], bool):
+            raise ValueError(f"config argument {key!r} takes a value: {key}=VALUE")
+        result[key] = (
+            value.lower() in ("", "true", "1") if isinstance(spec[key], bool) else type(spec[key])(value)
+        )
+    return result
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
@@ -16,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.split_file = ""  # a split JSON from `python -m deepearth_jax.data split`; "" = default split, cached
     c.fold = -1  # block-CV fold held out as test (split made with --folds); -1 = the file's train/test
     c.allow_missing = False  # tolerate split ids absent from the store (counted in the log)
-    c.mode = "vision_pooled"  # language | vision | vision_pooled | multimodal
+    c.mode = "vision_pooled"  # language | vision | vision_pooled | multimodal (deepearth_jax/data/modes.py)
+    c.task = "classification"  # a module of deepearth_jax/tasks/: classification | masked_autoencoding
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vision_classifier"

@@ -9,14 +9,11 @@ accuracy says nothing about generalisation; it is a pipeline and speed baseline.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, tiny=False)
     c = common.base_config()
     c.mode = "language"
     c.model.name = "language_classifier"
@@ -25,9 +22,7 @@ def get_config(arg: str | None = None):
     c.batch_size = 32
     c.num_epochs = 10
     c.demo.language_dim = 7168  # the real DeepSeek-V3 width: the step benchmark measures this model
-    if arg == "tiny":
+    if arg.tiny:
         common.tiny(c)
-    elif arg:
-        raise ValueError(f"configs/language.py takes no argument or 'tiny', got {arg!r}")
     c.lock()
     return c

@@ -10,16 +10,14 @@ can name species never seen in training.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, tiny=False)
     c = common.base_config()
     c.mode = "multimodal"
+    c.task = "masked_autoencoding"
     c.model.name = "mae"
     c.model.hidden = (512,)
     c.model.dropout = 0.0
@@ -33,11 +31,9 @@ def get_config(arg: str | None = None):
     c.batch_size = 32
     c.num_epochs = 10
     c.best_metric = "test/retrieval_top1"
-    if arg == "tiny":
+    if arg.tiny:
         common.tiny(c)
         c.model.shared_dim = 32
         c.optimizer.warmup_steps = 2
-    elif arg:
-        raise ValueError(f"configs/mae.py takes no argument or 'tiny', got {arg!r}")
     c.lock()
     return c

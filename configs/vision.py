@@ -11,14 +11,11 @@ streams the full tokens instead (the same model, pooling inside the jit).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+from configs import common
 
 
 def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, tiny=False)
     c = common.base_config()
     c.mode = "vision_pooled"
     c.model.name = "vision_classifier"
@@ -27,9 +24,7 @@ def get_config(arg: str | None = None):
     c.optimizer.lr = 1e-3
     c.batch_size = 32
     c.num_epochs = 30
-    if arg == "tiny":
+    if arg.tiny:
         common.tiny(c)
-    elif arg:
-        raise ValueError(f"configs/vision.py takes no argument or 'tiny', got {arg!r}")
     c.lock()
     return c

@@ -1,7 +1,7 @@
 """`python -m deepearth_jax.benchmark data|step|convert ...`: throughput side by side with the references.
 
 Each benchmark lives in `deepearth_jax/benchmarks/<name>.py`, which provides `add_arguments(parser)` and
-`run(args) -> int`.
+`run(args) -> int`; config overrides (`--config.FIELD=VALUE`, as for train) arrive in `args.overrides`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, args.overrides = parser.parse_known_args(argv)
+    if args.overrides and not hasattr(args, "config"):
+        parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     setup_logging()
     return run_command(lambda: args.handler(args))
 

@@ -8,6 +8,8 @@ a run killed mid-save leaves the previous checkpoint intact), and is closed on e
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,29 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
+
+
+class _QuietOrbax(logging.Filter):
+    """Checkpoints between evals carry no metrics on purpose; orbax warns about each one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
+
+# Fields a resumed run may change (the length of training and how often things happen); any other change
+# means a different run, which must not silently continue this one's checkpoint.
+RESUMABLE_CHANGES = {
+    "num_epochs",
+    "num_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "data",
+    "distributed",
+    "allow_missing",
+}
 
 
 def _is_key(x: Any) -> bool:
@@ -155,3 +180,51 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_same_run(
+    checkpointer: Checkpointer, state: Any, meta: dict, workdir: Path
+) -> tuple[Any, dict, int]:
+    """`(state, data_state, step)` of the latest checkpoint, or `(state, {}, 0)` when there is none.
+
+    Raises ValueError when the checkpoint belongs to another run: a config differing beyond
+    RESUMABLE_CHANGES, or another species map (`meta["class_species"]`).
+    """
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return state, {}, 0
+    saved = checkpointer.restore_meta(latest)
+    changed = sorted(
+        k
+        for k in set(saved["config"]) | set(meta["config"])
+        if k not in RESUMABLE_CHANGES and saved["config"].get(k) != meta["config"].get(k)
+    )
+    if changed:
+        raise ValueError(
+            f"workdir {workdir} holds a run with a different config ({', '.join(changed)} differ); "
+            "use another --workdir or the same config"
+        )
+    if saved["class_species"] != meta["class_species"]:
+        raise ValueError(f"workdir {workdir} was trained with another species map (another store or split)")
+    state, data_state, _ = checkpointer.restore(latest, state)
+    return state, data_state, latest
+
+
+class StopOnSigterm:
+    """Turns SIGTERM into a flag (`requested`) the loop checks, so it saves a checkpoint and stops cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

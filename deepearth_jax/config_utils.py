@@ -1,75 +1,70 @@
-"""Loading plain-Python config files: `configs/vision.py` or `configs/vision.py:tiny`."""
+"""Config files and their command-line overrides, parsed by `ml_collections.config_flags`.
+
+    --config configs/vision.py[:arg]   --config.optimizer.lr=3e-4   --config.model.hidden="(64, 32)"
+
+A config file is plain Python whose `get_config(arg=None)` returns a locked `ConfigDict`; the files import
+their shared fields as a package (`from configs import common`), so commands run from the repository root.
+Every failure is one line: a missing or raising config file, a misspelled field (naming the nearest ones),
+a value of the wrong type.
+"""
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+OVERRIDE_PREFIX = "--config."
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`; raises ValueError with the path."""
-    path_text, _, arg = spec.partition(":")
-    path = Path(path_text)
+def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    argv = ["config", f"--config={spec}", *overrides]
+    flag_values = flags.FlagValues()  # a fresh registry per call: no global flag state
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    try:
+        flag_values(argv)
+    except ImportError as e:  # the config's own imports, e.g. `configs` outside the repository root
+        raise ValueError(f"config file {spec} failed: {e} (run from the repository root)") from None
+    except flags.IllegalFlagValueError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if "Error whilst parsing config file" in lines[0]:
+            raise ValueError(f"config file {spec} failed: {lines[-1]}") from None
+        raise ValueError(lines[0].removeprefix("flag ")) from None
+    return holder.value
+
+
+def _check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raises ValueError naming the closest fields when `dotted` (e.g. "optimizer.lr") is not in `config`."""
+    node, parts = config, dotted.split(".")
+    for i, part in enumerate(parts):
+        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        if part not in keys:
+            where = ".".join(parts[:i]) or "config"
+            close = difflib.get_close_matches(part, keys, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; fields: {', '.join(sorted(keys))}"
+            raise ValueError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
+        node = node[part]
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The locked config of `path/to/config.py[:arg]` with `--config.FIELD=VALUE` overrides applied.
+
+    Values are parsed as the field's type by config_flags; ValueError (one line) on any bad input.
+    """
+    path = Path(spec.partition(":")[0])
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_deepearth_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} has no get_config(arg) function")
-    return module.get_config(arg or None)
-
-
-def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: dict[str, str]
-) -> ml_collections.ConfigDict:
-    """Sets `{"optimizer.lr": "3e-4"}` style overrides, parsing values as the field's type.
-
-    A misspelled field fails at once with the closest existing names.
-    """
-    for dotted, text in overrides.items():
-        node = config
-        parts = dotted.split(".")
-        for i, part in enumerate(parts):
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            if part not in keys:
-                where = ".".join(parts[:i]) or "config"
-                close = difflib.get_close_matches(part, keys, n=3)
-                hint = (
-                    f"; did you mean {', '.join(close)}?" if close else f"; fields: {', '.join(sorted(keys))}"
-                )
-                raise ValueError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
-            if i < len(parts) - 1:
-                node = node[part]
-        node[parts[-1]] = _parse_like(text, node[parts[-1]], dotted)
-    return config
-
-
-def _parse_like(text: str, current, name: str):
-    import ast
-
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"config field {name} takes true or false, got {text!r}")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"config field {name}: cannot parse {text!r}") from None
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    return value
-
-
-def similar_field_hint(config: ml_collections.ConfigDict, name: str) -> str:
-    close = difflib.get_close_matches(name, list(config.keys()), n=3)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+    for item in overrides:
+        if not item.startswith(OVERRIDE_PREFIX) or "=" not in item:
+            raise ValueError(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
+    if overrides:
+        base = _parse(spec, ())
+        for item in overrides:
+            _check_field(base, item[len(OVERRIDE_PREFIX) :].partition("=")[0])
+    return _parse(spec, overrides)

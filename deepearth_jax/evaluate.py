@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
-from deepearth_jax import parallel, plots, steps
+from deepearth_jax import parallel, steps, tasks
 from deepearth_jax.cli import run_command, setup_logging
-from deepearth_jax.data import store as store_lib
-from deepearth_jax.train import TrainError, prepare_data, species_language
+from deepearth_jax.inputs import TrainError, prepare_data
+from deepearth_jax.io import write_json_atomic
 
 log = logging.getLogger("deepearth_jax.evaluate")
 
@@ -116,7 +116,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
         label_map,
         mesh=mesh,
         state_sharding=state_sharding,
-        retrieval_language=species_language(data.store),
+        constants=tasks.from_config(config).eval_constants(data.store),
     )
     evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
     result = evaluator.run(state)
@@ -133,12 +133,12 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
 
 
 def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
-    store_lib.write_json_atomic(out_dir / "metrics.json", {"step": step, **result.metrics})
+    """metrics.json, predictions.parquet, per_species.csv and the task's figures."""
+    write_json_atomic(out_dir / "metrics.json", {"step": step, **result.metrics})
     out = result.outputs
     if not out:
         return
-    store = data.store
-    rows = out["row"]
+    task, store, rows = evaluator.task, data.store, out["row"]
     names = np.asarray(store.species_names, dtype=object)
     columns = {
         "observation_id": store.observation_ids[rows].tolist(),
@@ -146,53 +146,21 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
         "species": names[out["species"]].tolist(),
         "split_reason": [evaluator.reason_of_row.get(int(r), "unknown") for r in rows],
     }
-    class_names = np.asarray(data.class_names, dtype=object)
-    if "top5" in out:
-        top5 = out["top5"]
-        columns["seen_in_training"] = out["labels"] >= 0
-        columns["predicted"] = class_names[top5[:, 0]].tolist()
-        columns["top5"] = [list(class_names[t]) for t in top5]
-        columns["correct"] = top5[:, 0] == out["labels"]
-    if "retrieval_top5" in out:
-        columns["retrieved_top5"] = [list(names[t]) for t in out["retrieval_top5"]]
-        columns["retrieval_correct"] = out["retrieval_top5"][:, 0] == out["species"]
-    if "loss" in out:
-        columns["loss"] = out["loss"]
+    columns.update(task.prediction_columns(out, names, np.asarray(data.class_names, dtype=object)))
     pq.write_table(pa.table(columns), out_dir / "predictions.parquet")
 
-    # Per-species accuracy, most frequent first.
+    # Per-species scores, most frequent species first.
     species = out["species"]
     with open(out_dir / "per_species.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        header = ["species", "examples", "seen_in_training"]
-        if "top5" in out:
-            header += ["top1", "top5"]
-        if "retrieval_top5" in out:
-            header += ["retrieval_top1", "retrieval_top5"]
-        writer.writerow(header)
+        writer.writerow(["species", "examples", "seen_in_training", *task.SPECIES_COLUMNS])
         counts = np.bincount(species, minlength=store.num_species)
         for s in np.argsort(-counts, kind="stable"):
             if counts[s] == 0:
                 continue
-            sel = species == s
-            line = [names[s], int(counts[s]), bool(data.label_map[s] >= 0)]
-            if "top5" in out:
-                hits = out["top5"][sel] == out["labels"][sel][:, None]
-                line += [round(float(hits[:, 0].mean()), 4), round(float(hits.any(axis=1).mean()), 4)]
-            if "retrieval_top5" in out:
-                hits = out["retrieval_top5"][sel] == s
-                line += [round(float(hits[:, 0].mean()), 4), round(float(hits.any(axis=1).mean()), 4)]
-            writer.writerow(line)
-
-    if "top5" in out:
-        seen = out["labels"] >= 0
-        plots.plot_confusion(
-            out["labels"][seen],
-            out["top5"][seen, 0],
-            data.class_names,
-            out_dir / "confusion.png",
-            title=f"confusion matrix, step {step} ({int(seen.sum())} test examples of training species)",
-        )
+            scores = task.species_scores(out, species == s, int(s))
+            writer.writerow([names[s], int(counts[s]), bool(data.label_map[s] >= 0), *scores])
+    task.write_figures(out, data.class_names, out_dir, step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepearth_jax import metrics as metrics_lib
-from deepearth_jax import parallel
-from deepearth_jax.data import pipeline
+from deepearth_jax import parallel, tasks
+from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.split.reasons import reason_group  # temporal, spatial, fold, buffer, ...
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,7 @@ class Evaluator:
 
     def __init__(self, config: ml_collections.ConfigDict, data, eval_step, mesh, subset: str = "test"):
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
+        self.task = tasks.from_config(config)
         self.rows = data.test_rows if subset == "test" else data.train_rows
         fold = None if config.fold < 0 else int(config.fold)
         reasons = (
@@ -56,7 +56,7 @@ class Evaluator:
         """Evaluates `state` on every example of the subset once."""
         if len(self.rows) == 0:
             return EvalResult({}, {})
-        keys = ("species", "mask", "row", *_mode_keys(self.config.mode))
+        keys = ("species", "mask", "row", *modes.input_keys(self.config.mode))
         host_rows: list[np.ndarray] = []
 
         def host_batches():
@@ -76,7 +76,7 @@ class Evaluator:
         collected: list[dict] = []
         sharding = parallel.batch_sharding(self.mesh)
         for i, batch in enumerate(pipeline.device_prefetch(host_batches(), sharding, depth=2)):
-            outputs = to_host(self.eval_step(state, batch))
+            outputs = parallel.to_host(self.eval_step(state, batch))
             outputs = {k: np.asarray(v) for k, v in outputs.items()}
             outputs["row"] = host_rows[i] if jax.process_count() == 1 else _global_rows(host_rows[i])
             collected.append(outputs)
@@ -92,72 +92,25 @@ class Evaluator:
         """Per-example outputs -> `{"<subset>/<metric>": value, "<subset>/<group>/<metric>": ...}`."""
         prefix = self.subset
         groups = self.groups_of(out["row"])
-        labels = out.get("labels")
+        labels = out["labels"]
         result: dict[str, float] = {}
 
         def add(name: str, select: np.ndarray | None = None) -> None:
             part = out if select is None else {k: v[select] for k, v in out.items()}
             if len(part["row"]) == 0:
                 return
-            result.update({f"{name}/{k}": v for k, v in summarize(part).items()})
+            result.update({f"{name}/{k}": v for k, v in self.task.summarize(part).items()})
             result[f"{name}/count"] = float(len(part["row"]))
 
         add(prefix)
         for group in sorted(set(groups.tolist())):
             add(f"{prefix}/{group}", groups == group)
-        if labels is not None:
-            unseen = labels < 0
-            result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
-            if unseen.any():
-                add(f"{prefix}/unseen_species", unseen)
-                add(f"{prefix}/seen_species", ~unseen)
+        unseen = labels < 0
+        result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
+        if unseen.any():
+            add(f"{prefix}/unseen_species", unseen)
+            add(f"{prefix}/seen_species", ~unseen)
         return result
-
-
-def summarize(out: dict) -> dict:
-    """Metrics of a set of per-example outputs: classification and/or retrieval, and mean losses."""
-    result = {}
-    if "top5" in out:
-        labels = out["labels"]
-        result["top1"] = metrics_lib.topk_accuracy(out["top5"], labels, k=1)
-        result["top5"] = metrics_lib.topk_accuracy(out["top5"], labels, k=min(5, out["top5"].shape[1]))
-        result["balanced_accuracy"] = metrics_lib.balanced_accuracy(out["top5"][:, 0], labels)
-    if "retrieval_top5" in out:
-        species = out["species"]
-        result["retrieval_top1"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=1)
-        k = min(5, out["retrieval_top5"].shape[1])
-        result["retrieval_top5"] = metrics_lib.topk_accuracy(out["retrieval_top5"], species, k=k)
-    # Classification loss is defined only for species seen in training (label >= 0).
-    seen = out["labels"] >= 0 if ("labels" in out and "top5" in out) else np.ones(len(out["row"]), bool)
-    for key, value in out.items():
-        # Per-example losses (loss, recon_vision, vision_to_language, ...) are averaged.
-        if value.ndim == 1 and value.dtype.kind == "f":
-            selected = value[seen] if key == "loss" else value
-            if len(selected):
-                result[key] = float(np.mean(selected))
-    return result
-
-
-# The embeddings each mode sends to the device.
-MODE_KEYS = {
-    "language": ("language",),
-    "vision": ("vision",),
-    "vision_pooled": ("vision_pooled",),
-    "multimodal": ("language", "vision"),
-}
-
-
-def _mode_keys(mode: str) -> tuple[str, ...]:
-    return MODE_KEYS[mode]
-
-
-def to_host(tree):
-    """Device arrays to numpy; in multi-process runs, gathers every process's shards."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _global_rows(local_rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Evaluation metrics on host numpy arrays of per-example eval-step outputs (see `steps.make_eval_step`).
+"""Evaluation metrics on host numpy arrays of per-example eval-step outputs (see `deepearth_jax.tasks`).
 
 Conventions: `top_predictions` (N, K) int, best first (K >= the k asked for; a (N,) array is top-1 only);
 `labels` (N,) int, -1 for a species the model cannot name (absent from training): always a miss. Means over
@@ -6,8 +6,6 @@ no examples are NaN (not 0: "no data" must not read as "all wrong").
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -59,67 +57,3 @@ def balanced_accuracy(
     hits = np.bincount(inverse, weights=correct.astype(np.float64), minlength=len(present))
     support = np.bincount(inverse, minlength=len(present))
     return float(np.mean(hits / support))
-
-
-def retrieval_topk(ranks: np.ndarray, k: int) -> float:
-    """Fraction of queries whose true item ranks in the first k (rank 0 = first); NaN for no queries."""
-    ranks = np.asarray(ranks)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return _mean(ranks < k)
-
-
-def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) int64 counts, row = true class, column = top-1 prediction; label -1 rows are left out."""
-    predictions = _as_top(predictions, 1)[:, 0]
-    labels = np.asarray(labels)
-    keep = labels >= 0
-    flat = labels[keep].astype(np.int64) * num_classes + predictions[keep].astype(np.int64)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def classification_metrics(
-    top_predictions: np.ndarray,
-    labels: np.ndarray,
-    *,
-    loss: np.ndarray | None = None,
-    classes: np.ndarray | None = None,
-) -> dict[str, float]:
-    """`top1`, `top5` (when 5 predictions are given), `balanced_accuracy`, `loss` (mean over labelled
-    examples, when given) and `count` for one set of examples."""
-    labels = np.asarray(labels)
-    out = {
-        "count": float(len(labels)),
-        "top1": topk_accuracy(top_predictions, labels, 1),
-        "balanced_accuracy": balanced_accuracy(top_predictions, labels, classes),
-    }
-    if np.ndim(top_predictions) == 2 and np.shape(top_predictions)[1] >= 5:
-        out["top5"] = topk_accuracy(top_predictions, labels, 5)
-    if loss is not None:
-        out["loss"] = _mean(np.asarray(loss)[labels >= 0])
-    return out
-
-
-def retrieval_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """`retrieval_top{k}` for each k, and `count`."""
-    out = {"count": float(len(ranks))}
-    out.update({f"retrieval_top{k}": retrieval_topk(ranks, k) for k in ks})
-    return out
-
-
-def breakdown(
-    compute: Callable[..., dict[str, float]], per_example: Mapping[str, np.ndarray], groups: np.ndarray
-) -> dict[str, dict[str, float]]:
-    """`{group: compute(**rows of that group)}` for each distinct value of `groups` (N,) (e.g. split reason).
-
-    Example: `breakdown(lambda top, labels: classification_metrics(top, labels), {"top": t, "labels": y},
-    reasons)` -> `{"temporal": {...}, "spatial": {...}}`.
-    """
-    groups = np.asarray(groups)
-    for name, values in per_example.items():
-        if len(values) != len(groups):
-            raise ValueError(f"{name} has {len(values)} rows but groups has {len(groups)}")
-    return {
-        str(g): compute(**{name: np.asarray(v)[groups == g] for name, v in per_example.items()})
-        for g in np.unique(groups)
-    }

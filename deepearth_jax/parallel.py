@@ -135,3 +135,12 @@ def describe(mesh: Mesh) -> str:
         f"devices: {len(devices)} ({', '.join(kinds)}; {jax.default_backend()}), "
         f"processes: {jax.process_count()}, mesh: {dict(mesh.shape)}"
     )
+
+
+def to_host(tree):
+    """Device arrays to numpy; in multi-process runs, gathers every process's shards."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

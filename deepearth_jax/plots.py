@@ -1,6 +1,6 @@
 """Pictures of a run: training curves and a confusion matrix (matplotlib, Agg backend, PNG files).
 
-The split map lives beside the split code (`deepearth_jax.data.split_map`).
+The split map lives beside the split code (`deepearth_jax.data.split.map`).
 """
 
 from __future__ import annotations

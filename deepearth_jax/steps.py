@@ -15,6 +15,7 @@ jit by `label_map` int32 (num_store_species,) (-1: absent from training, exclude
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,16 +26,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from deepearth_jax import parallel
-from deepearth_jax.models import create_model, is_classifier
-from deepearth_jax.models.mae import LOSS_NAMES
+from deepearth_jax import parallel, tasks
+from deepearth_jax.models import create_model
 from deepearth_jax.optim import make_optimizer
 
 Batch = Mapping[str, jax.Array]
 State = Any  # an nnx.State pytree: {"model": ..., "optimizer": ...}
 Metrics = dict[str, jax.Array]
-
-TOP_K = 5
 
 
 class TrainState(nnx.Module):
@@ -45,14 +43,10 @@ class TrainState(nnx.Module):
         self.optimizer = optimizer
 
 
-def _model_name(config: Any) -> str:
-    return config.model.name
-
-
 def build_train_state(
     config: Any, *, input_dims: Mapping[str, int], num_classes: int, total_steps: int, seed: int
 ) -> TrainState:
-    """The unsplit `TrainState` (model in train mode + optimizer) on the default device; tests and tools."""
+    """The unsplit `TrainState` (model in train mode + optimizer) (what `create_train_state` traces)."""
     tx = make_optimizer(config.optimizer, total_steps)
     model = create_model(config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed))
     model.train()
@@ -95,40 +89,43 @@ def create_train_state(
     return graphdef, state
 
 
+def model_params(state: State) -> nnx.State:
+    """The model's parameters (nnx.Param) out of the train state."""
+    return nnx.filter_state(state["model"], nnx.Param)
+
+
+def params_checksum(state: State) -> str:
+    """SHA-256 over the bytes of every parameter, in tree order (identical runs give identical sums)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(model_params(state)):
+        digest.update(np.ascontiguousarray(parallel.to_host(leaf)).tobytes())
+    return digest.hexdigest()
+
+
 def state_sharding_of(state: State) -> State:
     """The sharding of every leaf of `state` (what `make_train_step` wants as `state_sharding`)."""
     return jax.tree.map(lambda x: x.sharding, state)
 
 
 def metric_names(config: Any) -> tuple[str, ...]:
-    """The device metric sums the train step accumulates for this config's model."""
-    if is_classifier(_model_name(config)):
-        return ("loss_sum", "correct_sum", "count", "steps")
-    return ("loss_sum", *(f"{name}_sum" for name in LOSS_NAMES), "count", "steps")
+    """The device metric sums the train step accumulates: the task's `<name>_sum`, `count`, `steps`."""
+    return (*(f"{name}_sum" for name in tasks.from_config(config).TRAIN_METRICS), "count", "steps")
 
 
-def init_metrics(config: Any | None = None, mesh: Mesh | None = None) -> Metrics:
-    """Zeroed float32 device scalars: `loss_sum`, `correct_sum` (top-1 hits), `count` (labelled examples),
-    `steps`; for the MAE (`config.model.name == "mae"`) the per-loss sums instead of `correct_sum`.
-
-    Without a config: the classifier sums. Reset by calling again at each log interval.
-    """
-    names = metric_names(config) if config is not None else ("loss_sum", "correct_sum", "count", "steps")
-    metrics = {name: jnp.zeros((), jnp.float32) for name in names}
+def init_metrics(config: Any, mesh: Mesh | None = None) -> Metrics:
+    """Zeroed float32 device scalars, one per `metric_names(config)`; reset by calling again at each log."""
+    metrics = {name: jnp.zeros((), jnp.float32) for name in metric_names(config)}
     if mesh is not None:
         metrics = jax.device_put(metrics, parallel.replicated(mesh))
     return metrics
 
 
 def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Device sums -> host means: `loss`, `top1` (classifiers), each MAE loss, `count`, `steps`."""
+    """Device sums -> host means over `count`: `loss`, the task's other metrics, `count`, `steps`."""
     host = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-    count = max(host.get("count", 0.0), 1.0)
-    out = {"count": host.get("count", 0.0), "steps": host.get("steps", 0.0)}
-    for key, value in host.items():
-        if key.endswith("_sum"):
-            name = "top1" if key == "correct_sum" else key[: -len("_sum")]
-            out[name] = value / count
+    count = max(host["count"], 1.0)
+    out = {"count": host["count"], "steps": host["steps"]}
+    out.update({key[: -len("_sum")]: value / count for key, value in host.items() if key.endswith("_sum")})
     return out
 
 
@@ -144,37 +141,6 @@ def _labels(batch: Batch, label_map: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _model_inputs(batch: Batch) -> dict[str, jax.Array]:
     return {k: v for k, v in batch.items() if k not in ("species", "mask")}
-
-
-def _classifier_loss(model: nnx.Module, batch: Batch, label_map: jax.Array) -> tuple[jax.Array, Metrics]:
-    logits = model(_model_inputs(batch)).astype(jnp.float32)
-    labels, mask = _labels(batch, label_map)
-    weight = (mask & (labels >= 0)).astype(jnp.float32)
-    # One-hot rather than a gather: the gather's gradient is a scatter whose output sharding is ambiguous
-    # under explicit mesh axes (jax >= 0.12 refuses it inside the on-device epoch).
-    one_hot = jax.nn.one_hot(jnp.maximum(labels, 0), logits.shape[-1], dtype=logits.dtype)
-    per_example = -jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
-    count = jnp.sum(weight)
-    loss_sum = jnp.sum(per_example * weight)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * weight
-    sums = {"loss_sum": loss_sum, "correct_sum": jnp.sum(correct), "count": count}
-    return loss_sum / jnp.maximum(count, 1.0), sums
-
-
-def _mae_loss(model: nnx.Module, batch: Batch, label_map: jax.Array) -> tuple[jax.Array, Metrics]:
-    out = model(_model_inputs(batch))
-    _, mask = _labels(batch, label_map)
-    weight = mask.astype(jnp.float32)
-    count = jnp.sum(weight)
-    sums = {f"{name}_sum": jnp.sum(out[name] * weight) for name in LOSS_NAMES}
-    sums["loss_sum"] = jnp.sum(out["loss"] * weight)
-    sums["count"] = count
-    return sums["loss_sum"] / jnp.maximum(count, 1.0), sums
-
-
-def make_loss_fn(config: Any) -> Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, Metrics]]:
-    """`loss_fn(model, batch, label_map) -> (mean loss over counted examples, metric sums)` for the model."""
-    return _classifier_loss if is_classifier(_model_name(config)) else _mae_loss
 
 
 def _device_label_map(label_map: Any, mesh: Mesh) -> jax.Array:
@@ -193,14 +159,15 @@ def _gather_params(model: nnx.Module, mesh: Mesh) -> None:
 
 
 def _train_step_fn(config: Any, graphdef: nnx.GraphDef, label_map: jax.Array, mesh: Mesh) -> Callable:
-    """The pure single step `(state, metrics, batch) -> (state, metrics)`, not jitted."""
-    base_loss_fn = make_loss_fn(config)
+    """The pure single step `(state, metrics, batch) -> (state, metrics)`, not jitted; the task's loss."""
+    task = tasks.from_config(config)
     shard_params = bool(config.mesh.get("shard_params", False))
 
     def loss_fn(model: nnx.Module, batch: Batch, label_map: jax.Array):
         if shard_params:
             _gather_params(model, mesh)
-        return base_loss_fn(model, batch, label_map)
+        labels, mask = _labels(batch, label_map)
+        return task.loss(model, _model_inputs(batch), labels, mask)
 
     def step(state: State, metrics: Metrics, batch: Batch) -> tuple[State, Metrics]:
         train_state = nnx.merge(graphdef, state)
@@ -258,28 +225,22 @@ def make_eval_step(
     *,
     mesh: Mesh,
     state_sharding: State,
-    retrieval_language: Any | None = None,
+    constants: Mapping[str, Any] | None = None,
 ) -> Callable[[State, Batch], dict[str, jax.Array]]:
     """`eval_step(state, batch) -> per-example outputs` (model in eval mode: no dropout, no masking).
 
-    Classifiers: `top5` (B, k) int32 class indices best first (k = min(5, C)), `top5_prob` (B, k) float32
-    softmax probabilities, `loss` (B,) cross-entropy (0 where the label is -1), `labels` (B,) int32 classes
-    (-1 = species absent from training), `species` (B,) store indices, `mask` (B,) bool.
-    MAE: `loss` and each of `recon_vision`, `recon_language`, `vision_to_language`, `language_to_vision` (B,),
-    plus `labels`, `species`, `mask`; with `retrieval_language` ((num_store_species, L) float32, row s = the
-    language vector of store species s) also `retrieval_top5` (B, 5) store species indices and
-    `retrieval_rank` (B,) int32 (0 = the true species ranked first).
-    Nothing is reduced: the caller drops `mask == False` rows and aggregates with `deepearth_jax.metrics`.
+    Every task gives `labels` (B,) int32 classes (-1 = species absent from training), `species` (B,) store
+    indices and `mask` (B,) bool, plus its own `eval_outputs` (see `deepearth_jax.tasks`); `constants` are
+    the task's `eval_constants(store)`, placed replicated once. Nothing is reduced: the caller drops
+    `mask == False` rows and aggregates with the task's `summarize`.
     """
     del state_sharding  # the state arrives with its own sharding; outputs follow the batch
+    task = tasks.from_config(config)
     label_map_device = _device_label_map(label_map, mesh)
-    classifier = is_classifier(_model_name(config))
     shard_params = bool(config.mesh.get("shard_params", False))
-    species_language = None
-    if not classifier and retrieval_language is not None:
-        if not isinstance(retrieval_language, jax.Array):
-            retrieval_language = np.asarray(retrieval_language)
-        species_language = jax.device_put(retrieval_language.astype(jnp.float32), parallel.replicated(mesh))
+    device_constants = jax.device_put(
+        {k: np.asarray(v) for k, v in (constants or {}).items()}, parallel.replicated(mesh)
+    )
 
     def eval_step(state: State, batch: Batch) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, state).model
@@ -287,28 +248,9 @@ def make_eval_step(
         if shard_params:
             _gather_params(model, mesh)
         labels, mask = _labels(batch, label_map_device)
-        out = {"labels": labels, "species": jnp.asarray(batch["species"], jnp.int32), "mask": mask}
-        if classifier:
-            logits = model(_model_inputs(batch)).astype(jnp.float32)
-            k = min(TOP_K, logits.shape[-1])
-            log_probs = jax.nn.log_softmax(logits)
-            top_log_probs, top = jax.lax.top_k(log_probs, k)
-            ce = -jnp.sum(jax.nn.one_hot(labels, logits.shape[-1]) * log_probs, axis=-1)
-            out.update(
-                top5=top.astype(jnp.int32),
-                top5_prob=jnp.exp(top_log_probs),
-                loss=jnp.where(labels >= 0, ce, 0.0),
-            )
-            return out
-        mae_out = model(_model_inputs(batch))
-        out.update({name: mae_out[name] for name in (*LOSS_NAMES, "loss")})
-        if species_language is not None:
-            scores = model.retrieval_scores(mae_out["predicted_language"], species_language)  # (B, S)
-            k = min(TOP_K, scores.shape[-1])
-            _, top = jax.lax.top_k(scores, k)
-            true_score = jnp.sum(jax.nn.one_hot(out["species"], scores.shape[-1]) * scores, -1, keepdims=True)
-            out["retrieval_top5"] = top.astype(jnp.int32)
-            out["retrieval_rank"] = jnp.sum(scores > true_score, axis=-1).astype(jnp.int32)
+        species = jnp.asarray(batch["species"], jnp.int32)
+        out = {"labels": labels, "species": species, "mask": mask}
+        out.update(task.eval_outputs(model, _model_inputs(batch), labels, species, device_constants))
         return out
 
     return jax.jit(eval_step)

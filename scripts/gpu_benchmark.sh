@@ -40,11 +40,11 @@ python3 -m deepearth_jax.benchmark data --store "$STORE" --batch-size 64 --runs 
   --json "$OUT/data_vision.json" 2>&1 | tee "$OUT/data_vision.log"
 python3 -m deepearth_jax.benchmark step --config configs/language.py --batch-sizes 32,256 \
   --steps-per-call 1,16,100 $COMPARE --json "$OUT/step_language.json" 2>&1 | tee "$OUT/step_language.log"
-python3 -m deepearth_jax.benchmark step --config configs/vision.py --set mode=vision \
-  --set "demo.vision_shape=(8,24,24,1408)" --batch-sizes 32,64 \
+python3 -m deepearth_jax.benchmark step --config configs/vision.py --config.mode=vision \
+  --config.demo.vision_shape="(8,24,24,1408)" --batch-sizes 32,64 \
   --steps-per-call 1,16 --max-batch-gb 32 $COMPARE --json "$OUT/step_vision.json" 2>&1 | tee "$OUT/step_vision.log"
-python3 -m deepearth_jax.benchmark step --config configs/mae.py --set "demo.vision_shape=(8,24,24,1408)" \
-  --set demo.language_dim=7168 --batch-sizes 32,64 \
+python3 -m deepearth_jax.benchmark step --config configs/mae.py --config.demo.vision_shape="(8,24,24,1408)" \
+  --config.demo.language_dim=7168 --batch-sizes 32,64 \
   --steps-per-call 1,16 --max-batch-gb 32 $COMPARE --json "$OUT/step_mae.json" 2>&1 | tee "$OUT/step_mae.log"
 
 # End to end: streamed full-token vision training (reads the store every step).

@@ -1,14 +1,15 @@
-"""Config files load, shrink with :tiny, lock, and take overrides with one-line errors for typos."""
+"""Config files load as a package, shrink with :tiny, lock, and take `--config.FIELD=VALUE` overrides with
+one-line errors for a missing or raising file, a misspelled field and a value of the wrong type."""
 
 from pathlib import Path
 
 import ml_collections
 import pytest
 
-from deepearth_jax.config_utils import apply_overrides, load_config
+from deepearth_jax.config_utils import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "common.py")
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name not in ("common.py", "__init__.py"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -24,27 +25,49 @@ def test_every_config_loads_locked_and_tiny_is_smaller(path):
 
 
 def test_overrides_parse_as_the_field_type():
-    c = load_config(f"{ROOT}/configs/vision.py")
-    apply_overrides(
-        c,
-        {"optimizer.lr": "3e-4", "batch_size": "64", "model.hidden": "(64, 32)", "mesh.shard_params": "true"},
+    c = load_config(
+        f"{ROOT}/configs/vision.py",
+        [
+            "--config.optimizer.lr=3e-4",
+            "--config.batch_size=64",
+            "--config.model.hidden=(64, 32)",
+            "--config.mesh.shard_params=true",
+            "--config.store=/data/store",
+        ],
     )
     assert c.optimizer.lr == pytest.approx(3e-4) and isinstance(c.optimizer.lr, float)
     assert c.batch_size == 64
     assert tuple(c.model.hidden) == (64, 32)
     assert c.mesh.shard_params is True
+    assert c.store == "/data/store"
+    assert load_config(f"{ROOT}/configs/vision.py", ["--config.optimizer.lr=1"]).optimizer.lr == 1.0
 
 
 def test_misspelled_field_fails_with_a_suggestion():
-    c = load_config(f"{ROOT}/configs/vision.py")
+    spec = f"{ROOT}/configs/vision.py"
     with pytest.raises(ValueError, match=r"unknown config field 'optimizer.lrr'.*did you mean lr"):
-        apply_overrides(c, {"optimizer.lrr": "1e-3"})
+        load_config(spec, ["--config.optimizer.lrr=1e-3"])
     with pytest.raises(ValueError, match="did you mean batch_size"):
-        apply_overrides(c, {"batch_sise": "3"})
+        load_config(spec, ["--config.batch_sise=3"])
 
 
-def test_bad_config_argument_and_missing_file():
-    with pytest.raises(ValueError, match="takes no argument or 'tiny'"):
-        load_config(f"{ROOT}/configs/vision.py:huge")
+def test_wrong_type_raising_file_and_missing_file_are_one_line_errors():
+    spec = f"{ROOT}/configs/vision.py"
+    with pytest.raises(ValueError, match=r"^--config\.batch_size=1\.5: invalid literal for int\(\)") as e:
+        load_config(spec, ["--config.batch_size=1.5"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(
+        ValueError, match=r"vision.py:huge failed: ValueError: unknown config argument 'huge'"
+    ):
+        load_config(f"{spec}:huge")
     with pytest.raises(ValueError, match="does not exist"):
         load_config(f"{ROOT}/configs/nope.py")
+
+
+def test_configs_import_as_a_package():
+    from configs import common, vision
+
+    assert vision.get_config("tiny").batch_size == common.tiny(common.base_config()).batch_size
+    with pytest.raises(ValueError, match="takes a value"):
+        common.parse_arg("size", size=1)
+    assert common.parse_arg("tiny,size=3", tiny=False, size=1).to_dict() == {"tiny": True, "size": 3}

@@ -46,35 +46,3 @@ def test_balanced_accuracy_by_hand():
     top, labels = np.array([7, 7, 7, 7]), np.array([7, 7, 7, 8])
     assert metrics.topk_accuracy(top, labels) == 0.75
     assert metrics.balanced_accuracy(top, labels) == 0.5
-
-
-def test_classification_metrics_and_breakdown():
-    loss = np.array([0.5, 1.5, 2.0, 1.0, 9.0, 0.0])
-    got = metrics.classification_metrics(TOP, LABELS, loss=loss)
-    assert got["count"] == 6
-    assert got["top1"] == pytest.approx(2 / 6) and got["top5"] == pytest.approx(4 / 6)
-    assert got["loss"] == pytest.approx((0.5 + 1.5 + 2.0 + 1.0 + 9.0) / 5)  # labelled examples only
-    groups = np.array(["temporal", "temporal", "spatial", "temporal", "spatial", "spatial"])
-    parts = metrics.breakdown(
-        lambda top, labels: metrics.classification_metrics(top, labels),
-        {"top": TOP, "labels": LABELS},
-        groups,
-    )
-    assert sorted(parts) == ["spatial", "temporal"]
-    assert parts["temporal"]["top1"] == pytest.approx(2 / 3) and parts["temporal"]["count"] == 3
-    assert parts["spatial"]["top1"] == 0.0 and parts["spatial"]["top5"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="labels has 5 rows but groups has 6"):
-        metrics.breakdown(lambda labels: {}, {"labels": LABELS[:5]}, groups)
-
-
-def test_retrieval_and_confusion_by_hand():
-    ranks = np.array([0, 3, 0, 7, 4, 1])
-    assert metrics.retrieval_topk(ranks, 1) == pytest.approx(2 / 6)
-    assert metrics.retrieval_topk(ranks, 5) == pytest.approx(5 / 6)
-    assert metrics.retrieval_metrics(ranks) == {
-        "count": 6.0,
-        "retrieval_top1": 2 / 6,
-        "retrieval_top5": 5 / 6,
-    }
-    confusion = metrics.confusion_matrix(np.array([0, 1, 1, 2, 0]), np.array([0, 1, 2, 2, -1]), 3)
-    np.testing.assert_array_equal(confusion, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from deepearth_jax import parallel
-from deepearth_jax import train as train_lib
+from deepearth_jax import parallel, steps
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data.synthetic import make_synthetic_store
 from deepearth_jax.evaluate import restore_run
@@ -53,7 +52,7 @@ def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
 def _params(workdir: Path) -> list[np.ndarray]:
     run = restore_run(workdir, "latest")
     assert run.step == NUM_STEPS
-    return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(train_lib.model_params(run.state))]
+    return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(steps.model_params(run.state))]
 
 
 def _free_port() -> int:

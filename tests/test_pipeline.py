@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import test_seed
 
-from deepearth_jax.data import pipeline
+from deepearth_jax.data import compat, pipeline, reader
 from deepearth_jax.data.synthetic import make_synthetic_store
 
 
@@ -318,7 +318,7 @@ def test_get_training_batch_returns_the_ids_in_order(store, tmp_path: Path):
     vision_row = store.column("vision_row")
     chosen = np.random.default_rng(test_seed()).permutation(np.flatnonzero(vision_row >= 0))[:5]
     ids = store.observation_ids[chosen].tolist()
-    batch = pipeline.get_training_batch(store.path, ids)  # a path works as well as an opened store
+    batch = compat.get_training_batch(store.path, ids)  # a path works as well as an opened store
     assert batch["observation_ids"] == ids
     assert batch["species"] == [store.species_names[i] for i in store.column("species_index")[chosen]]
     np.testing.assert_array_equal(batch["vision_embeddings"], store.vision[vision_row[chosen]])
@@ -334,10 +334,10 @@ def test_get_training_batch_errors_name_the_ids(store):
     no_vision = store.observation_ids[np.flatnonzero(vision_row < 0)[0]]
     with_vision = store.observation_ids[np.flatnonzero(vision_row >= 0)[0]]
     with pytest.raises(KeyError, match="999999999_7"):
-        pipeline.get_training_batch(store, [with_vision, "999999999_7"])
+        compat.get_training_batch(store, [with_vision, "999999999_7"])
     with pytest.raises(ValueError, match=f"1 observation id\\(s\\) have no vision embedding: {no_vision}"):
-        pipeline.get_training_batch(store, [with_vision, no_vision])
-    batch = pipeline.get_training_batch(store, [no_vision], include_vision=False)
+        compat.get_training_batch(store, [with_vision, no_vision])
+    batch = compat.get_training_batch(store, [no_vision], include_vision=False)
     assert "vision_embeddings" not in batch and batch["language_embeddings"].shape == (1, 16)
 
 
@@ -360,10 +360,10 @@ def test_data_benchmark_writes_its_figures(store, tmp_path: Path, capsys, mode):
 
 
 def test_split_copy_equals_a_single_copy(store, monkeypatch):
-    monkeypatch.setattr(pipeline, "_MIN_SPLIT_BYTES", 1)  # split even these tiny batches
+    monkeypatch.setattr(reader, "_MIN_SPLIT_BYTES", 1)  # split even these tiny batches
     rows = np.random.default_rng(test_seed()).choice(_rows(store, "multimodal"), 13, replace=False)
-    single = pipeline.BatchReader(store, "multimodal", 13)
-    split = pipeline.BatchReader(store, "multimodal", 13, split=3)
+    single = reader.BatchReader(store, "multimodal", 13)
+    split = reader.BatchReader(store, "multimodal", 13, split=3)
     assert split.split == 3
     try:
         want, got = single.read(rows), split.read(rows)

@@ -28,6 +28,7 @@ def make_config(name: str = "language_classifier", **model_fields) -> ml_collect
     model.update(model_fields)
     return ml_collections.ConfigDict(
         {
+            "task": "masked_autoencoding" if name == "mae" else "classification",
             "model": model,
             "optimizer": {
                 "name": "adam",
@@ -204,7 +205,12 @@ def test_mae_trains_and_retrieves_species(mesh):
         config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding, steps_per_call=50
     )
     evaluate = steps.make_eval_step(
-        config, graphdef, LABEL_MAP, mesh=mesh, state_sharding=sharding, retrieval_language=species_language
+        config,
+        graphdef,
+        LABEL_MAP,
+        mesh=mesh,
+        state_sharding=sharding,
+        constants={"species_language": species_language},
     )
     test = {k: v[0] for k, v in batches(1, 64).items()}
     before = jax.device_get(evaluate(state, test))
@@ -300,8 +306,10 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_parameters_created_sharded_on_8_devices():
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # tests/ on the path: tests.test_steps imports conftest as pytest does.
+    path = os.pathsep.join(p for p in (os.path.join(root, "tests"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True, env=env, cwd=root, timeout=300
     )

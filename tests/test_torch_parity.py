@@ -19,7 +19,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 
 from deepearth_jax import parallel, steps  # noqa: E402
-from deepearth_jax.benchmarks.step import (  # noqa: E402
+from deepearth_jax.benchmarks.torch_reference import (  # noqa: E402
     copy_weights_to_torch,
     torch_optimizer,
     torch_reference_model,
@@ -34,6 +34,7 @@ def make_config(
 ) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
+            "task": "classification",
             "model": {"name": name, "hidden": (32, 16), "dropout": dropout},
             "optimizer": {
                 "name": "adam",

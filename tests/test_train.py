@@ -15,7 +15,7 @@ import pytest
 
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import train as train_lib
-from deepearth_jax.config_utils import apply_overrides, load_config
+from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.synthetic import make_synthetic_store
@@ -36,9 +36,8 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_config(name: str, store: Path, split: Path, **overrides):
-    config = load_config(f"{ROOT}/configs/{name}.py:tiny")
-    values = {"store": str(store), "split_file": str(split), **{k: str(v) for k, v in overrides.items()}}
-    return apply_overrides(config, values)
+    values = {"store": store, "split_file": split, **overrides}
+    return load_config(f"{ROOT}/configs/{name}.py:tiny", [f"--config.{k}={v}" for k, v in values.items()])
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -190,6 +189,8 @@ def test_bad_input_gives_one_line_errors(tiny_data, tmp_path, capsys):
         ([f"--config.store={store}", f"--config.split_file={split}", "--config.model.name=resnet"], "resnet"),
         ([f"--config.store={store}", f"--config.split_file={split}", "--config.mode=audio"], "unknown mode"),
         (["--config.optimizr.lr=1"], "did you mean optimizer"),
+        (["--config.batch_size=1.5"], "--config.batch_size=1.5: invalid literal for int()"),
+        (["--config.store"], "overrides look like --config.FIELD=VALUE"),
     ]
     for extra, message in cases:
         code = train_lib.main(
@@ -239,7 +240,7 @@ def test_bad_data_fails_before_compiling(tiny_data, tmp_path):
         pa.array(np.full(opened.num_observations, -1, np.int64)),
     )
     writer.finalize(table, opened.species)
-    with pytest.raises(train_lib.TrainError, match="needs vision embeddings"):
+    with pytest.raises(ValueError, match="needs vision embeddings"):
         train_lib.train_and_evaluate(tiny_config("vision", tmp_path / "novision", split), tmp_path / "w3")
     # ... while the language model trains on it.
     config = tiny_config("language", tmp_path / "novision", split, num_steps=1)
@@ -276,3 +277,22 @@ def test_block_cv_fold_is_the_test_set(tiny_data, tmp_path):
         usable = test_rows[opened.column("vision_row")[test_rows] >= 0]
         assert final["test/count"] == len(usable)
         assert final["test/fold/count"] == len(usable)  # every test row is reported under its fold reason
+
+
+def test_itstime_fires_once_per_crossed_multiple_and_at_the_end():
+    due = [s for s in range(1, 11) if train_lib.itstime(s, 3, 10)]
+    assert due == [3, 6, 9, 10]
+    # Calls of K=4 steps: (0, 4] holds 3, (4, 8] holds 6, (8, 12] holds 9 and the end.
+    assert [train_lib.itstime(s, 3, 12, advanced=4) for s in (4, 8, 12)] == [True, True, True]
+    assert not train_lib.itstime(5, 0, 10) and not train_lib.itstime(5, -1, 10)
+    assert not train_lib.itstime(10, 3, 10, last=False)
+
+
+def test_unknown_task_names_the_known_ones(tiny_data):
+    from deepearth_jax import tasks
+
+    store, split = tiny_data
+    with pytest.raises(
+        ValueError, match="unknown task 'ranking'; known: classification, masked_autoencoding"
+    ):
+        tasks.from_config(tiny_config("vision", store, split, task="ranking"))

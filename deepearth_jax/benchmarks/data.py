@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepearth_jax.data import pipeline
+from deepearth_jax.data import modes, pipeline
+from deepearth_jax.data.reader import BatchReader
 from deepearth_jax.data.store import open_store
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per batch (default 16)")
     p.add_argument("--runs", type=int, default=10, help="batches per timed stretch (default 10)")
     p.add_argument("--repeats", type=int, default=5, help="timed stretches; the best is reported (default 5)")
-    p.add_argument("--mode", choices=pipeline.MODES, default="vision", help="pipeline mode (default vision)")
+    p.add_argument("--mode", choices=modes.MODES, default="vision", help="pipeline mode (default vision)")
     p.add_argument("--threads", type=int, default=4, help="pipeline reading threads (default 4)")
     p.add_argument(
         "--buffer-mb", type=float, default=512, help="pipeline read-ahead bytes in MiB (default 512)"
@@ -85,7 +86,7 @@ def _time_stretch(batches: pipeline.TrainBatches, runs: int) -> tuple[float, lis
     return time.perf_counter() - start, rows
 
 
-def _time_raw(reader: pipeline.BatchReader, batch_rows: list[np.ndarray], threads: int) -> float:
+def _time_raw(reader: BatchReader, batch_rows: list[np.ndarray], threads: int) -> float:
     """Seconds to gather the embedding rows of `batch_rows` with np.take into preallocated buffers.
 
     With `threads > 1`, each batch is copied in `threads` chunks on as many threads.
@@ -230,12 +231,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device or jax.default_backend() != "cpu":
         result["device"] = _device_figures(store, rows, args, reader.batch_bytes)
-    r = result
+    print(_report(result, args))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _report(r: dict, args: argparse.Namespace) -> str:
+    """The figures of `run` as the lines printed."""
     lines = [
-        f"data benchmark: {store.path}, mode {args.mode}, batch {args.batch_size}, {args.runs} batches, "
-        f"best of {args.repeats}, {args.threads} threads, prefetch {batches.prefetch} batches "
-        f"of {reader.batch_bytes / 1e6:.1f} MB",
-        f"page cache warmed first: {warm_bytes / 1e9:.2f} GB read in {warm_s:.2f} s",
+        f"data benchmark: {r['store']}, mode {args.mode}, batch {args.batch_size}, {args.runs} batches, "
+        f"best of {args.repeats}, {args.threads} threads, prefetch {r['prefetch_batches']} batches "
+        f"of {r['batch_bytes'] / 1e6:.1f} MB",
+        f"page cache warmed first: {r['page_cache_warmed_bytes'] / 1e9:.2f} GB read in "
+        f"{r['page_cache_warm_s']:.2f} s",
         f"pipeline   {r['ms_per_batch']:8.1f} ms/batch {r['pipeline_samples_per_s']:9.1f} samples/s "
         f"{r['gb_per_s']:6.2f} GB/s",
         f"raw gather {r['raw_ms_per_batch']:8.1f} ms/batch {r['raw_samples_per_s']:9.1f} samples/s "
@@ -257,7 +266,4 @@ def run(args: argparse.Namespace) -> int:
             f"({d['h2d_samples_per_s']:.0f} samples/s); delivered {d['delivered_samples_per_s']:.1f} "
             f"samples/s ({d['delivered_ms_per_batch']:.1f} ms/batch)"
         )
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return "\n".join(lines)

@@ -9,8 +9,8 @@ device in the same process, and the ratio torch_us / jax_us is reported (> 1: JA
     python -m deepearth_jax.benchmark step --config configs/language.py --batch-sizes 32 \\
         --steps-per-call 1,100 --compare-torch --json /tmp/s.json
 
-The PyTorch reference models here (`torch_reference_model`, `copy_weights_to_torch`) are also what the
-parity tests compare against.
+The PyTorch reference models live in `deepearth_jax/benchmarks/torch_reference.py` (the parity tests use
+them too).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from deepearth_jax.benchmarks.torch_reference import torch_optimizer, torch_reference_model
+from deepearth_jax.data import modes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,10 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", required=True, help="config file, optionally with an argument: configs/language.py:tiny"
+        "--config",
+        required=True,
+        help="config file, optionally with an argument: configs/language.py:tiny; override fields as for "
+        "train: --config.mode=vision --config.demo.vision_shape='(8,24,24,1408)'",
     )
     p.add_argument(
         "--batch-sizes", type=_int_list, default=[32, 256], help="comma-separated (default 32,256)"
@@ -59,13 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"classes C (default {DEFAULT_NUM_CLASSES})",
     )
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="config override, repeatable: --set mode=vision --set demo.vision_shape=(8,24,24,1408)",
-    )
-    p.add_argument(
         "--max-batch-gb",
         type=float,
         default=4.0,
@@ -74,13 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-time", type=float, default=2.0, help="seconds of timed steps per setting (default 2)"
     )
-
-
-def load_config(spec: str) -> Any:
-    """A config from `path.py[:arg]` (via the project's config loader)."""
-    from deepearth_jax.config_utils import load_config as _load
-
-    return _load(spec)
 
 
 def input_dims_of(config: Any) -> dict[str, Any]:
@@ -100,138 +92,15 @@ def random_batch(config: Any, dims: dict[str, Any], batch_size: int, num_species
         "species": rng.integers(0, num_species, batch_size).astype(np.int32),
         "mask": np.ones(batch_size, bool),
     }
-    mode = config.mode
-    if mode in ("language", "multimodal"):
-        batch["language"] = rng.standard_normal((batch_size, dims["language"]), np.float32)
-    if mode == "vision":
-        batch["vision"] = rng.standard_normal((batch_size, *dims["vision_shape"]), np.float32).astype(
-            np.float16
-        )
-    if mode in ("vision_pooled", "multimodal"):
-        batch["vision_pooled"] = rng.standard_normal((batch_size, dims["vision"]), np.float32)
-    if mode not in ("language", "vision", "vision_pooled", "multimodal"):
-        raise ValueError(f"unknown mode {mode!r}; known: language, vision, vision_pooled, multimodal")
+    shapes = {
+        "language": (dims["language"],),
+        "vision": dims["vision_shape"],
+        "vision_pooled": (dims["vision"],),
+    }
+    for key in modes.input_keys(config.mode):
+        values = rng.standard_normal((batch_size, *shapes[key]), np.float32)
+        batch[key] = values.astype(np.float16) if key == "vision" else values  # tokens stored as float16
     return batch
-
-
-# --- PyTorch reference (the original DeepEarth models, DATA.md section 4) ---------------------------------
-
-
-TORCH_REFERENCES = ("language_classifier", "vision_classifier", "mae")
-
-
-def _torch_mlp(in_features: int, hidden, out_features: int, dropout: float):
-    from torch import nn
-
-    layers, width = [], in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-        width = h
-    return nn.Sequential(*layers, nn.Linear(width, out_features))
-
-
-def _torch_mae(config: Any, input_dims: dict[str, Any]):
-    """The MAE of `deepearth_jax.models.mae` in PyTorch (same layers, masks and losses), for timing."""
-    import torch
-    from torch import nn
-
-    m = config.model
-    shared, hidden, dropout = int(m.shared_dim), tuple(m.hidden), float(m.dropout)
-    vision_dim, language_dim, ratio = input_dims["vision"], input_dims["language"], float(m.mask_ratio)
-
-    def encoder(n):
-        return nn.Sequential(nn.Linear(n, shared), nn.LayerNorm(shared), nn.ReLU())
-
-    def masked_mse(recon, target, masked):
-        weight = torch.where(masked.any(-1, keepdim=True), masked, torch.ones_like(masked)).float()
-        return (weight * (recon - target) ** 2).sum(-1) / weight.sum(-1)
-
-    def cosine_distance(a, b):
-        return 1 - nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-6)
-
-    class MAE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vision_encoder, self.language_encoder = encoder(vision_dim), encoder(language_dim)
-            self.vision_decoder = _torch_mlp(shared, hidden, vision_dim, dropout)
-            self.language_decoder = _torch_mlp(shared, hidden, language_dim, dropout)
-            self.vision_to_language = _torch_mlp(shared, hidden, shared, dropout)
-            self.language_to_vision = _torch_mlp(shared, hidden, shared, dropout)
-
-        def forward(self, batch: dict) -> torch.Tensor:
-            if "vision_pooled" in batch:
-                vision = batch["vision_pooled"]
-            else:
-                vision = batch["vision"].float().mean((1, 2, 3))
-            language = batch["language"]
-            vm, lm = torch.rand_like(vision) < ratio, torch.rand_like(language) < ratio
-            zv = self.vision_encoder(vision.masked_fill(vm, 0))
-            zl = self.language_encoder(language.masked_fill(lm, 0))
-            with torch.no_grad():
-                tv, tl = self.vision_encoder(vision), self.language_encoder(language)
-            loss = masked_mse(self.vision_decoder(zv), vision, vm)
-            loss = loss + masked_mse(self.language_decoder(zl), language, lm)
-            loss = loss + cosine_distance(self.vision_to_language(zv), tl)
-            loss = loss + cosine_distance(self.language_to_vision(zl), tv)
-            return loss.mean()
-
-    return MAE()
-
-
-def torch_reference_model(config: Any, input_dims: dict[str, Any], num_classes: int):
-    """The PyTorch reference for `config.model`: the original's classifiers (DATA.md section 4), or the MAE
-    (whose forward returns its mean loss)."""
-    import torch
-    from torch import nn
-
-    name = config.model.name
-    if name not in TORCH_REFERENCES:
-        raise ValueError(f"no PyTorch reference for model {name!r} (have: {', '.join(TORCH_REFERENCES)})")
-    if name == "mae":
-        return _torch_mae(config, input_dims)
-    in_features = input_dims["language" if name == "language_classifier" else "vision"]
-
-    class Reference(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = _torch_mlp(in_features, config.model.hidden, num_classes, float(config.model.dropout))
-
-        def forward(self, batch: dict) -> torch.Tensor:
-            if name == "language_classifier":
-                x = batch["language"]
-            elif "vision_pooled" in batch:
-                x = batch["vision_pooled"]
-            else:
-                x = batch["vision"].float().mean(dim=(1, 2, 3))
-            return self.net(x)
-
-    return Reference()
-
-
-def torch_optimizer(config: Any, params):
-    """torch.optim.Adam / AdamW with the config's lr and weight decay (constant schedule, no clipping)."""
-    import torch
-
-    opt = config.optimizer
-    eps = float(opt.get("eps", 1e-8))
-    if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, eps=eps, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, eps=eps, weight_decay=opt.weight_decay)
-
-
-def copy_weights_to_torch(jax_model, torch_model) -> None:
-    """Copies the JAX classifier's Linear layers into the reference in order (kernel (in, out) = weight.T)."""
-    import torch
-
-    mlp = jax_model.mlp
-    jax_layers = [*mlp.hidden, mlp.head]
-    torch_layers = [m for m in torch_model.modules() if isinstance(m, torch.nn.Linear)]
-    if len(jax_layers) != len(torch_layers):
-        raise ValueError(f"{len(jax_layers)} JAX layers but {len(torch_layers)} PyTorch layers")
-    with torch.no_grad():
-        for ours, theirs in zip(jax_layers, torch_layers, strict=True):
-            theirs.weight.copy_(torch.from_numpy(np.asarray(ours.kernel[...]).T.copy()))
-            theirs.bias.copy_(torch.from_numpy(np.asarray(ours.bias[...]).copy()))
 
 
 def _time_torch(config, dims, num_classes, batch_size, min_time) -> tuple[float, int]:
@@ -338,18 +207,9 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
 
 def run(args: argparse.Namespace) -> int:
     from deepearth_jax import parallel
-    from deepearth_jax.config_utils import apply_overrides
+    from deepearth_jax.config_utils import load_config
 
-    config = load_config(args.config)
-    overrides = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[field] = value
-    if overrides:
-        config.unlock()
-        config = apply_overrides(config, overrides)
+    config = load_config(args.config, getattr(args, "overrides", ()))
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
     if args.min_time <= 0:

@@ -7,67 +7,36 @@ the positions `[j * G, (j + 1) * G)` of epoch e's global shuffle of `rows` (a pe
 `(seed, e)`: every epoch has its own order and the same seed repeats it; the remainder `n % G` is dropped),
 sharded per JAX process *after* the shuffle: process `p` of `P` takes every P-th of them from `p`. So
 global batch `j` holds the same examples whatever the process count. The permutation is computed once per
-epoch with numpy (vectorised): Grain's own `shuffle -> slice -> batch` chain costs ~20 us of Python per
-example, 5 ms per batch of 256, which made small-row modes (language, vision_pooled) index-bound.
+epoch with numpy (vectorised), not by Grain's per-example `shuffle -> slice -> batch` chain, whose Python
+cost made small-row modes (language, vision_pooled) index-bound.
 
-Reading (`BatchReader`): one gather per key per batch with `np.take(..., out=buffer)` into recycled
-preallocated buffers (fresh 200 MB allocations would cost a page fault per 4 KB, a third of the copy time);
-rows are read in ascending store order for locality and the batch *keeps* that order (every key follows
-it, and `row` says which observation each example is), so no second copy un-permutes them. Indices are
-bounds-checked once per batch; there is no per-example Python. The copies release the GIL, so Grain's
-threads overlap them; the number of batches prefetched is derived from `buffer_bytes`, never Grain's
-default of 500 elements (13 GB of vision at batch 1).
-
-Batch keys (process-local, `B = global_batch_size // process_count`):
-    species        (B,) int32            store species_index
-    location       (B, 3) float32        latitude, longitude (degrees), elevation (metres; NaN when unknown,
-                                         which is every row of the DeepEarth data)
-    time           (B, 6) float32        year, month, day, hour, minute, second (NaN where unknown)
-    language       (B, L) float32        modes language, multimodal
-    vision         (B, T, H, W, D)       store dtype (float16), modes vision, multimodal
-    vision_pooled  (B, D) float32        mode vision_pooled: mean over (T, H, W), from the features cache
-    mask           (B,) bool             False on evaluation padding
-    row            (B,) int64            observation table row, -1 on padding
-Padding rows repeat a real example (finite values), so nothing NaN or uninitialised reaches a model.
+Each batch is one `deepearth_jax.data.reader.BatchReader` read (its docstring lists the batch keys). The
+number of batches read ahead is derived from `buffer_bytes`, never Grain's default of 500 elements (13 GB
+of vision at batch 1).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
-import os
-import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
+from deepearth_jax.data import modes
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.background import background_iter
+from deepearth_jax.data.reader import BatchReader
 
 log = logging.getLogger(__name__)
 
-MODES = ("language", "vision", "vision_pooled", "multimodal")
-_NEEDS_VISION = {"vision", "vision_pooled", "multimodal"}
-_NEEDS_LANGUAGE = {"language", "multimodal"}
 # A pool keeps at most this many spare buffers per key beyond the prefetch depth.
 _POOL_SLACK = 4
 # Beyond this many batches in flight, reading further ahead only costs memory.
 _MAX_PREFETCH = 16
-# Splitting a batch's copy across threads pays off only for chunks of at least this many bytes.
-_MIN_SPLIT_BYTES = 8 << 20
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-
-
-def _as_store(store: store_lib.Store | str | os.PathLike) -> store_lib.Store:
-    return store if isinstance(store, store_lib.Store) else store_lib.open_store(store)
 
 
 def _check_rows(store: store_lib.Store, rows: np.ndarray) -> np.ndarray:
@@ -90,193 +59,11 @@ def usable_rows(store: store_lib.Store, rows: np.ndarray, mode: str) -> np.ndarr
     (`vision_row < 0`); language modes keep every row (each observation has a language row). Raises
     ValueError when the store lacks the array a mode needs, or for rows outside the table.
     """
-    _check_mode(mode)
+    modes.check_store(store, mode)
     rows = _check_rows(store, rows)
-    if mode in _NEEDS_VISION and not store.has_vision:
-        raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
-    if mode in _NEEDS_LANGUAGE and store.language is None:
-        raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
-    if mode in _NEEDS_VISION:
+    if modes.needs_vision(mode):
         rows = rows[store.column("vision_row")[rows] >= 0]
     return rows
-
-
-def _free_refcount() -> int:
-    """getrefcount of an array held only by a list, seen from a loop over that list (3 on CPython 3.11)."""
-    probe = [np.empty(0)]
-    for buffer in probe:
-        return sys.getrefcount(buffer)
-    raise AssertionError("unreachable")
-
-
-# Measured rather than assumed, since interpreters count borrowed references differently.
-_FREE_REFS = _free_refcount()
-
-
-class _BufferPool:
-    """Recycles batch-sized arrays once nothing outside the pool references them (thread-safe).
-
-    A buffer handed out stays referenced by whoever holds the batch, including a zero-copy device array on
-    the CPU backend or a view of it (numpy views keep their owner alive), so a buffer is reused only when
-    the pool's own reference is the last one.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, capacity: int):
-        self.shape, self.dtype, self.capacity = shape, np.dtype(dtype), capacity
-        self._buffers: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> np.ndarray:
-        with self._lock:
-            for buffer in self._buffers:
-                if sys.getrefcount(buffer) == _FREE_REFS:
-                    return buffer
-            buffer = np.empty(self.shape, self.dtype)
-            if len(self._buffers) < self.capacity:
-                self._buffers.append(buffer)
-            return buffer
-
-
-class BatchReader:
-    """Reads one batch of observation rows from a store into a dict of numpy arrays (see the module doc).
-
-    The small per-observation columns are gathered once at construction (`N_obs * 48` bytes); embeddings
-    stay memory-mapped and are gathered per batch.
-
-    Args:
-      store: an opened store.
-      mode: one of MODES.
-      batch_size: the number of rows of every batch (process-local).
-      pool_capacity: how many recycled buffers per embedding key to keep (at least the batches in flight).
-      split: copy one batch's embeddings on this many threads (chunks of at least _MIN_SPLIT_BYTES), so a
-        single large batch in flight still uses several cores; `close()` stops them.
-    """
-
-    def __init__(
-        self, store: store_lib.Store, mode: str, batch_size: int, pool_capacity: int = 8, split: int = 1
-    ):
-        _check_mode(mode)
-        self.store, self.mode, self.batch_size = store, mode, int(batch_size)
-        self.split = 1
-        self._copiers: concurrent.futures.ThreadPoolExecutor | None = None
-        self.set_split(split)
-        col = store.column
-        self.species = np.ascontiguousarray(col("species_index"), dtype=np.int32)
-        self.location = np.stack(
-            [col(k).astype(np.float32) for k in ("latitude", "longitude", "elevation")], 1
-        )
-        self.time = np.stack(
-            [col(k).astype(np.float32) for k in ("year", "month", "day", "hour", "minute", "second")], 1
-        )
-        self.vision_row = np.ascontiguousarray(col("vision_row"), dtype=np.int64)
-        self.language_row = np.ascontiguousarray(col("language_row"), dtype=np.int64)
-        self.sources: dict[str, np.ndarray] = {}
-        if mode in _NEEDS_LANGUAGE:
-            if store.language is None:
-                raise ValueError(f"mode {mode!r} needs language embeddings and store {store.path} has none")
-            self.sources["language"] = store.language
-        if mode in ("vision", "multimodal"):
-            if not store.has_vision:
-                raise ValueError(f"mode {mode!r} needs vision embeddings and store {store.path} has none")
-            self.sources["vision"] = store.vision
-        if mode == "vision_pooled":
-            from deepearth_jax.data.features import pooled_vision
-
-            self.sources["vision_pooled"] = pooled_vision(store)
-        self.pools = {
-            key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
-            for key, source in self.sources.items()
-        }
-
-    def set_split(self, split: int) -> None:
-        """Copies each batch's embeddings on `split` threads from now on (1: on the calling thread)."""
-        self.close()
-        self.split = max(1, int(split))
-        if self.split > 1:
-            self._copiers = concurrent.futures.ThreadPoolExecutor(self.split, thread_name_prefix="batch-copy")
-
-    def set_pool_capacity(self, capacity: int) -> None:
-        """Keeps at most `capacity` recycled buffers per embedding key."""
-        for pool in self.pools.values():
-            pool.capacity = int(capacity)
-
-    @property
-    def batch_bytes(self) -> int:
-        """Bytes of one batch, all keys."""
-        per_row = (
-            4 + 12 + 24 + 1 + 8 + sum(int(np.prod(s.shape[1:])) * s.itemsize for s in self.sources.values())
-        )
-        return per_row * self.batch_size
-
-    def _embedding_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
-        if key == "language":
-            return self.language_row[rows]
-        index = self.vision_row[rows]
-        if (index < 0).any():
-            bad = self.store.observation_ids[rows[index < 0]][:5].tolist()
-            raise ValueError(f"observation(s) without a vision embedding in a {self.mode!r} batch: {bad}")
-        return index
-
-    def read(self, rows: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """One batch for observation table rows `(B,)`; `mask` (B,) bool marks real rows (default all).
-
-        Rows come back sorted by their embedding row (read locality); `row` and every key follow that order.
-        Masked-out rows are read like real ones (pass a real row there) and get `row = -1`.
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.shape != (self.batch_size,):
-            raise ValueError(f"a batch has {self.batch_size} rows, got shape {rows.shape}")
-        if rows.min() < 0 or rows.max() >= len(self.species):
-            raise ValueError(f"batch rows outside the observation table [0, {len(self.species)})")
-        mask = np.ones(self.batch_size, bool) if mask is None else np.asarray(mask, bool)
-        key_rows = {key: self._embedding_rows(key, rows) for key in self.sources}
-        sort_key = key_rows.get("vision", key_rows.get("vision_pooled", key_rows.get("language")))
-        if sort_key is not None:
-            order = np.argsort(sort_key, kind="stable")
-            rows, mask = rows[order], mask[order]
-            key_rows = {key: index[order] for key, index in key_rows.items()}
-        batch = {
-            "species": self.species[rows],
-            "location": self.location[rows],
-            "time": self.time[rows],
-            "mask": mask,
-            "row": np.where(mask, rows, -1),
-        }
-        for key, source in self.sources.items():
-            index = key_rows[key]
-            if index.min() < 0 or index.max() >= source.shape[0]:
-                raise ValueError(f"{key} rows outside [0, {source.shape[0]}) in store {self.store.path}")
-            out = self.pools[key].acquire()
-            self._gather(source, index, out)
-            batch[key] = out
-        return batch
-
-    def _gather(self, source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
-        """`out[:] = source[index]` (indices already checked), in up to `split` chunks on the copy threads."""
-        row_bytes = out.nbytes // max(1, len(out))
-        chunks = min(self.split, len(index), max(1, out.nbytes // _MIN_SPLIT_BYTES))
-        copiers = self._copiers
-        if chunks > 1 and copiers is not None and row_bytes > 0:
-            bounds = np.linspace(0, len(index), chunks + 1).astype(int)
-            try:
-                futures = [
-                    copiers.submit(np.take, source, index[a:b], 0, out[a:b], "clip")
-                    for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-                ]
-            except RuntimeError:  # closed meanwhile: finish on this thread
-                futures = None
-            if futures is not None:
-                for future in futures:
-                    future.result()
-                return
-        # mode="clip" after the explicit check: mode="raise" with out= copies through a temporary.
-        np.take(source, index, axis=0, out=out, mode="clip")
-
-    def close(self) -> None:
-        """Stops the copy threads (idempotent)."""
-        copiers, self._copiers = self._copiers, None
-        if copiers is not None:
-            copiers.shutdown(wait=True)
 
 
 def _prefetch_count(buffer_bytes: int, batch_bytes: int) -> int:
@@ -321,7 +108,7 @@ class TrainBatches:
     Args:
       store: an opened store.
       rows: `(N,)` observation table rows to train on; pass them through `usable_rows` first.
-      mode: one of MODES (decides the embedding keys).
+      mode: one of `modes.MODES` (decides the embedding keys).
       global_batch_size: examples per step over all processes (divisible by process_count).
       seed: shuffle seed in [0, 2**32); epoch e is the permutation of numpy's Generator seeded `[seed, e]`.
       process_index, process_count: this JAX process and how many there are.
@@ -351,7 +138,7 @@ class TrainBatches:
         buffer_bytes: int = 512 << 20,
         start_epoch: int = 0,
     ):
-        _check_mode(mode)
+        modes.check_mode(mode)
         self.rows = _check_rows(store, rows)
         local = _check_batching(len(self.rows), global_batch_size, process_index, process_count)
         self.steps_per_epoch = len(self.rows) // global_batch_size
@@ -468,7 +255,7 @@ def eval_batches(
     step never recompiles and padding never counts. Process `p` gets positions `p::process_count` of each
     global batch. Closing the generator (or leaving its loop) stops the reading threads.
     """
-    _check_mode(mode)
+    modes.check_mode(mode)
     rows = _check_rows(store, rows)
     local = _check_batching(len(rows), global_batch_size, process_index, process_count)
     if len(rows) == 0:
@@ -514,55 +301,3 @@ def device_prefetch(
         return jax.make_array_from_process_local_data(sharding, dict(batch))
 
     return background_iter(batches, depth, transform=place, name="device-prefetch")
-
-
-def get_training_batch(
-    store: store_lib.Store | str | os.PathLike,
-    observation_ids: Sequence[str],
-    include_vision: bool = True,
-    include_language: bool = True,
-) -> dict[str, Any]:
-    """The original DeepEarth library call: one batch for the given OBSERVATION_IDs, in their order.
-
-    Returns a dict with `observation_ids` (list), `species` (Latin names, list), `species_index` `(B,)`
-    int32, `locations` `(B, 3)` float32 (latitude, longitude in degrees, elevation in metres, NaN when
-    unknown), `timestamps` `(B, 6)` float32 (year, month, day, hour, minute, second; NaN where unknown),
-    and, when asked, `language_embeddings` `(B, L)` float32 and `vision_embeddings` `(B, T, H, W, D)` in
-    the store dtype. Raises KeyError naming unknown ids and ValueError naming ids without a vision
-    embedding when vision is asked for; nothing is ever filled with zeros.
-    """
-    store = _as_store(store)
-    ids = [str(i) for i in observation_ids]
-    if not ids:
-        raise ValueError("no observation ids given")
-    rows = store.rows_of(ids)
-    if include_vision:
-        if not store.has_vision:
-            raise ValueError(f"store {store.path} has no vision embeddings")
-        missing = [ids[i] for i in np.flatnonzero(store.column("vision_row")[rows] < 0)]
-        if missing:
-            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise ValueError(
-                f"{len(missing)} observation id(s) have no vision embedding: {', '.join(missing[:5])}{more}"
-            )
-    if include_language and store.language is None:
-        raise ValueError(f"store {store.path} has no language embeddings")
-    col = store.column
-    names = store.species_names
-    species_index = col("species_index")[rows].astype(np.int32)
-    batch: dict[str, Any] = {
-        "observation_ids": ids,
-        "species": [names[i] for i in species_index],
-        "species_index": species_index,
-        "locations": np.stack([col(k)[rows] for k in ("latitude", "longitude", "elevation")], 1).astype(
-            np.float32
-        ),
-        "timestamps": np.stack(
-            [col(k)[rows].astype(np.float64) for k in ("year", "month", "day", "hour", "minute", "second")], 1
-        ).astype(np.float32),
-    }
-    if include_language:
-        batch["language_embeddings"] = np.take(store.language, col("language_row")[rows], axis=0)
-    if include_vision:
-        batch["vision_embeddings"] = np.take(store.vision, col("vision_row")[rows], axis=0)
-    return batch

@@ -9,12 +9,13 @@
 | mae                 | language + vision(_pooled) | dict (see mae.py) | hidden, dropout, shared_dim,        |
 |                     |                            |                   | mask_ratio                          |
 
+A model is registered by one builder in BUILDERS below; which task trains it is the config's `task`.
 Imports nothing of the project beyond this package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
@@ -22,32 +23,76 @@ from flax import nnx
 from .classifiers import AttentiveProbeClassifier, LanguageClassifier, VisionClassifier
 from .mae import MultimodalMaskedAutoencoder
 
-CLASSIFIERS = ("language_classifier", "vision_classifier", "attentive_probe")
-MODEL_NAMES = (*CLASSIFIERS, "mae")
-
-__all__ = [
-    "AttentiveProbeClassifier",
-    "CLASSIFIERS",
-    "LanguageClassifier",
-    "MODEL_NAMES",
-    "MultimodalMaskedAutoencoder",
-    "VisionClassifier",
-    "create_model",
-    "is_classifier",
-]
-
-
-def is_classifier(name: str) -> bool:
-    """Whether the model of this name returns logits (B, C) (else a dict of losses and latents)."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    return name in CLASSIFIERS
+__all__ = ["BUILDERS", "create_model"]
 
 
 def _dim(input_dims: Mapping[str, int], key: str, name: str) -> int:
     if key not in input_dims or int(input_dims[key]) < 1:
         raise ValueError(f"model {name} needs input_dims[{key!r}] (a positive width), got {dict(input_dims)}")
     return int(input_dims[key])
+
+
+def _classes(num_classes: int, name: str) -> int:
+    if num_classes < 1:
+        raise ValueError(f"model {name} needs num_classes >= 1, got {num_classes}")
+    return num_classes
+
+
+def _mlp_fields(m: Any) -> dict:
+    return {
+        "hidden": tuple(int(h) for h in m.get("hidden", (128, 128))),
+        "dropout": float(m.get("dropout", 0.0)),
+    }
+
+
+def _language_classifier(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    name = "language_classifier"
+    return LanguageClassifier(
+        _dim(dims, "language", name), _classes(num_classes, name), **_mlp_fields(m), rngs=rngs
+    )
+
+
+def _vision_classifier(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    name = "vision_classifier"
+    return VisionClassifier(
+        _dim(dims, "vision", name), _classes(num_classes, name), **_mlp_fields(m), rngs=rngs
+    )
+
+
+def _attentive_probe(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    name = "attentive_probe"
+    return AttentiveProbeClassifier(
+        _dim(dims, "vision", name),
+        _classes(num_classes, name),
+        **_mlp_fields(m),
+        num_heads=int(m.get("num_heads", 16)),
+        num_queries=int(m.get("num_queries", 1)),
+        mlp_ratio=float(m.get("mlp_ratio", 4.0)),
+        rngs=rngs,
+    )
+
+
+def _mae(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    """num_classes is not used: the MAE predicts no classes."""
+    fields = _mlp_fields(m)
+    return MultimodalMaskedAutoencoder(
+        _dim(dims, "vision", "mae"),
+        _dim(dims, "language", "mae"),
+        shared_dim=int(m.get("shared_dim", 512)),
+        hidden=fields["hidden"],
+        mask_ratio=float(m.get("mask_ratio", 0.5)),
+        dropout=fields["dropout"],
+        rngs=rngs,
+    )
+
+
+# name -> builder(model_config, input_dims, num_classes, rngs)
+BUILDERS: dict[str, Callable[..., nnx.Module]] = {
+    "language_classifier": _language_classifier,
+    "vision_classifier": _vision_classifier,
+    "attentive_probe": _attentive_probe,
+    "mae": _mae,
+}
 
 
 def create_model(
@@ -59,36 +104,6 @@ def create_model(
     reads are needed. num_classes: C (ignored by the MAE). Unknown names raise ValueError with the known ones.
     """
     name = model_config["name"]
-    is_classifier(name)
-    hidden = tuple(int(h) for h in model_config.get("hidden", (128, 128)))
-    dropout = float(model_config.get("dropout", 0.0))
-    if name in CLASSIFIERS and num_classes < 1:
-        raise ValueError(f"model {name} needs num_classes >= 1, got {num_classes}")
-    if name == "language_classifier":
-        return LanguageClassifier(
-            _dim(input_dims, "language", name), num_classes, hidden=hidden, dropout=dropout, rngs=rngs
-        )
-    if name == "vision_classifier":
-        return VisionClassifier(
-            _dim(input_dims, "vision", name), num_classes, hidden=hidden, dropout=dropout, rngs=rngs
-        )
-    if name == "attentive_probe":
-        return AttentiveProbeClassifier(
-            _dim(input_dims, "vision", name),
-            num_classes,
-            hidden=hidden,
-            dropout=dropout,
-            num_heads=int(model_config.get("num_heads", 16)),
-            num_queries=int(model_config.get("num_queries", 1)),
-            mlp_ratio=float(model_config.get("mlp_ratio", 4.0)),
-            rngs=rngs,
-        )
-    return MultimodalMaskedAutoencoder(
-        _dim(input_dims, "vision", name),
-        _dim(input_dims, "language", name),
-        shared_dim=int(model_config.get("shared_dim", 512)),
-        hidden=hidden,
-        mask_ratio=float(model_config.get("mask_ratio", 0.5)),
-        dropout=dropout,
-        rngs=rngs,
-    )
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(BUILDERS)}")
+    return BUILDERS[name](model_config, input_dims, num_classes, rngs)
