@@ -103,6 +103,14 @@ class _ShareBand:
     hard: bool
 
 
+class RegionsDoNotFit(ValueError):
+    """choose_regions could not place every region; `most` is how many one draw placed."""
+
+    def __init__(self, most: int, message: str):
+        super().__init__(message)
+        self.most = most
+
+
 def _share_band(pool: Pool, region_km: float, region_share: float | None) -> _ShareBand:
     share = box_counts(pool.lat, pool.lon, region_km) / len(pool.lat)
     hard = region_share is not None
@@ -199,10 +207,11 @@ def choose_regions(
         pool.lat[eligible], pool.lon[eligible], preferred, num_regions, min_distance_km, seed, stream
     )
     if best is None:
-        raise ValueError(
+        raise RegionsDoNotFit(
+            most,
             f"cannot place {constraints}: at most {most} fit ({len(eligible)} candidate centres); use fewer "
             f"{'--regions' if what == 'test' else '--validation-regions'}, a smaller --min-distance-km or "
-            "--region-km" + (", or another --region-share" if band.hard else "")
+            "--region-km" + (", or another --region-share" if band.hard else ""),
         )
     outside = int(best_key[0])
     if outside:

@@ -31,7 +31,7 @@ from deepearth_jax.data.split.file_format import Split, parse_split
 from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
 from deepearth_jax.data.split.pool import Pool, subset
 from deepearth_jax.data.split.reasons import VALIDATION_TEMPORAL, Kind, Reason
-from deepearth_jax.data.split.regions import choose_regions, count_observations, near_boxes
+from deepearth_jax.data.split.regions import RegionsDoNotFit, choose_regions, count_observations, near_boxes
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ def _choose(pool: Pool, train: np.ndarray, test_regions: list[dict], options: Sp
                 stream=VALIDATION_STREAM,
             )
             break
-        except ValueError:
-            if explicit or count == 0:
+        except RegionsDoNotFit as e:
+            if explicit:
                 raise
-            count -= 1
+            count = min(count - 1, e.most)  # a draw placed `most`: the same draw places that many again
     if count < wanted:
         log.warning(
             "only %d of %d validation regions fit among the training observations >= %g km from the test "
