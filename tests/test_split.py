@@ -70,12 +70,16 @@ def test_holdout_follows_the_original_rules(store, payload):
             if b["south"] <= lat[i] <= b["north"] and b["west"] <= lon[i] <= b["east"]:
                 reason = f"spatial_test_region_{r['region_id']}"
         got = mappings[oid]["split_reason"]
-        if got.startswith("buffer_region_"):
-            assert reason == "temporal_train"
+        if got.startswith(("buffer_region_", "validation_")):
+            assert reason == "temporal_train"  # buffers and validation only ever take training rows
         else:
             assert got == reason, oid
         expected_split = (
-            "excluded" if got.startswith("buffer") else ("train" if reason == "temporal_train" else "test")
+            "excluded"
+            if "buffer" in got
+            else "validation"
+            if got.startswith("validation_")
+            else ("train" if reason == "temporal_train" else "test")
         )
         assert mappings[oid]["split"] == expected_split
     for r in regions:
@@ -110,11 +114,20 @@ def test_statistics_superset_of_the_original(store, payload):
     splits = np.asarray([v["split"] for v in payload["observation_mappings"].values()])
     assert s["total_observations"] == len(reasons)
     assert s["train_count"] == (splits == "train").sum() and s["test_count"] == (splits == "test").sum()
-    assert s["excluded_count"] == (splits == "excluded").sum() == s["buffer_excluded_count"]
-    assert s["train_count"] + s["test_count"] + s["excluded_count"] == len(reasons)
+    assert (
+        s["excluded_count"]
+        == (splits == "excluded").sum()
+        == s["buffer_excluded_count"] + s["validation_buffer_excluded_count"]
+    )
+    assert s["validation_count"] == (splits == "validation").sum() > 0
+    assert s["validation_temporal_count"] + s["validation_spatial_count"] == s["validation_count"]
+    assert s["train_count"] + s["test_count"] + s["excluded_count"] + s["validation_count"] == len(reasons)
     assert s["temporal_test_count"] == (reasons == "temporal_test").sum()
     assert s["spatial_test_count"] == s["test_count"] - s["temporal_test_count"]
-    assert s["train_percentage"] + s["test_percentage"] + s["excluded_percentage"] == pytest.approx(100.0)
+    total = (
+        s["train_percentage"] + s["test_percentage"] + s["excluded_percentage"] + s["validation_percentage"]
+    )
+    assert total == pytest.approx(100.0)
     names = np.asarray([v["taxon_name"] for v in payload["observation_mappings"].values()])
     assert s["unique_species_train"] == len(set(names[splits == "train"]))
     unseen = sorted(set(names[splits == "test"]) - set(names[splits == "train"]))
@@ -151,13 +164,21 @@ def test_buffer_excludes_training_points_near_boxes(payload):
     entries = payload["observation_mappings"].values()
     excluded = [e for e in entries if e["split"] == "excluded"]
     assert excluded, "a 2 km buffer around 5 boxes in clustered data excludes something"
+    validation_regions = payload["validation_regions"]
+    assert validation_regions and any(e["split_reason"].startswith("validation_buffer") for e in excluded)
     for e in entries:
         d = np.array([geo.distance_to_box_km(e["latitude"], e["longitude"], r["bounds"]) for r in regions])
+        v = np.array(
+            [geo.distance_to_box_km(e["latitude"], e["longitude"], r["bounds"]) for r in validation_regions]
+        )
         if e["split_reason"] == "temporal_train":
-            assert d.min() > b_km
+            assert d.min() > b_km and v.min() > b_km
         elif e["split"] == "excluded":
             k = int(e["split_reason"].rsplit("_", 1)[1])
-            assert 0 < d.min() <= b_km and regions[int(np.argmin(d))]["region_id"] == k
+            boxes, dist = (
+                (validation_regions, v) if e["split_reason"].startswith("validation") else (regions, d)
+            )
+            assert 0 < dist.min() <= b_km and boxes[int(np.argmin(dist))]["region_id"] == k
             assert e["year"] != 2025
 
 
@@ -263,8 +284,11 @@ def test_original_schema_file_loads_and_is_reproduced(store, tmp_path):
     assert test_rows.tolist() == sorted(store.rows_of(split.test_ids).tolist())
     got = split.reason_of_rows(store, test_rows)
     assert all(got[j] == reasons[store.observation_ids[r]] for j, r in enumerate(test_rows))
-    again = split_lib.make_split(store, regions_from=split)
+    again = split_lib.make_split(store, regions_from=split, validation_years=0, validation_regions=0)
     assert _reasons(again) == reasons
+    # With the default validation carve-out, only training rows change reason.
+    carved = _reasons(split_lib.make_split(store, regions_from=split))
+    assert {k for k in reasons if carved[k] != reasons[k]} <= set(split.train_ids)
 
 
 def test_rows_reports_ids_the_store_lacks(store, payload, tmp_path):
@@ -322,7 +346,7 @@ def test_rows_reports_ids_the_store_lacks(store, payload, tmp_path):
                 "test_spatial_regions": [],
                 "observation_mappings": {"12_1": {"split": "val", "split_reason": "x"}},
             },
-            "expected train, test or excluded",
+            "expected train, test, excluded or validation",
         ),
         (
             {
@@ -446,22 +470,28 @@ def test_block_cv(store, tmp_path):
             if b["fold"] == k
         ]
         d = np.min([geo.distance_to_box_km(lat, lon, box) for box in boxes], axis=0)
-        expect_excluded = (fold != k) & (d <= 3.0)
+        validation_buffer = np.char.startswith(
+            np.array([e["split_reason"] for e in entries]), "validation_buffer_region_"
+        )
+        expect_excluded = (fold != k) & ((d <= 3.0) | validation_buffer)
         test = split.rows(store, "test", fold=k)
         excluded = split.rows(store, "excluded", fold=k)
         train = split.rows(store, "train", fold=k)
+        validation = split.rows(store, "validation", fold=k)
         assert set(store.observation_ids[test]) == set(ids[fold == k])
         assert set(store.observation_ids[excluded]) == set(ids[expect_excluded])
-        assert len(test) + len(excluded) + len(train) == len(ids)
-        assert len(np.intersect1d(train, test)) == 0
+        assert len(test) + len(excluded) + len(train) + len(validation) == len(ids)
+        assert len(np.intersect1d(train, test)) == 0 and len(np.intersect1d(validation, test)) == 0
+        assert len(np.intersect1d(train, validation)) == 0
         per = payload["split_statistics"]["block_cv"]["per_fold"][str(k)]
-        assert (per["test_count"], per["excluded_count"], per["train_count"]) == (
+        assert (per["test_count"], per["excluded_count"], per["train_count"], per["validation_count"]) == (
             len(test),
             len(excluded),
             len(train),
+            len(validation),
         )
         reasons = split.reason_of_rows(store, excluded, fold=k)
-        assert set(reasons.tolist()) <= {f"buffer_fold_{k}"}
+        assert all(r == f"buffer_fold_{k}" or r.startswith("validation_buffer_region_") for r in reasons)
     with pytest.raises(ValueError, match=r"fold must be in 0..3"):
         split.rows(store, "test", fold=4)
     # --regions-from reapplies the block grid and folds too.

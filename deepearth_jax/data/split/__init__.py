@@ -1,8 +1,10 @@
 """Spatiotemporal train/test splits, spatial block cross-validation, and the split file (DATA.md §3).
 
 Modules: `file_format` (Split, parse/load/write, the original format), `reasons` (the typed split reason),
-`options` (parameters and defaults), `pool`, `regions` (test regions, holdout assignment), `folds` (block CV),
-`stats` (statistics, summary), `assemble` (make_split), `map` (the PNG), `cli` (the `split` subcommand).
+`options` (parameters, defaults, limits), `pool`, `regions` (test regions, holdout assignment), `validation`
+(the validation carve-out, `with_validation` for old files), `folds` (block CV), `stats` (statistics,
+summary), `assemble` (make_split), `map` + `map_draw` (the PNG), `cli` (the `split` subcommand).
+docs/SPLITS.md describes the file for users.
 
 The holdout split, as the original `create_train_test_split.py` defined it:
 
@@ -33,8 +35,21 @@ largest fold minus the smallest is at most the largest block's count. For fold k
 other folds minus those within `buffer_km` of a fold-k block (excluded). The holdout split is still written
 alongside (the same `buffer_km` applies around its regions).
 
-The file is a superset of the original schema: every original key with its meaning, plus `format`, buffers,
-folds and diagnostics. `load_split` reads ours and the original's `central_florida_split.json` as they are.
+Validation (validation.py): after steps 1-3, the holdout's training rows give a validation set that mirrors
+the test: the most recent training year(s) (`validation_temporal`), then regions chosen like the test
+regions among training rows >= `min_distance_km` from every test box (`validation_spatial_region_<k>`),
+then buffers like the test's (`validation_buffer_region_<k>`, excluded). Test rows are never taken.
+
+The file (format `deepearth_jax.split` v2) is a superset of the original schema: every original key with its
+meaning (`dataset_info`, `split_strategy`, `train_spatial_bounds`, `test_spatial_regions`, `split_statistics`,
+`observation_mappings` id -> {gbif_id, taxon_id, taxon_name, image_index, split, split_reason, latitude,
+longitude, year, month, day}), plus `format`, `split_strategy.spatial_split` details (buffer_km, seed, pool,
+selection), `split_strategy.validation` {years, num_regions, region_size_km, min_distance_km, buffer_km,
+seed, selection}, `validation_regions` (entries like test_spatial_regions), `split_strategy.block_cv` (grid
+and block table) with per-observation `fold` / `fold_buffer`, and diagnostics in `split_statistics`. `split`
+is one of train, test, excluded, validation. `load_split` reads v2, v1 (no validation set) and the
+original's `central_florida_split.json` as they are; `with_validation(split, store)` gives a file without a
+validation set the one make_split would have written (same rule, the file's box size, spacing, buffer, seed).
 """
 
 from deepearth_jax.data.split.assemble import make_split
@@ -48,15 +63,17 @@ from deepearth_jax.data.split.file_format import (
     parse_split,
     write_split,
 )
-from deepearth_jax.data.split.folds import MAX_FOLDS, balance_blocks, block_grid, block_of, make_folds
-from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
+from deepearth_jax.data.split.folds import balance_blocks, block_grid, block_of, make_folds
+from deepearth_jax.data.split.options import DEFAULTS, MAX_FOLDS, MAX_REGIONS, SplitOptions
 from deepearth_jax.data.split.reasons import Kind, Reason, reason_group
 from deepearth_jax.data.split.regions import assign_reasons, box_counts, choose_regions
 from deepearth_jax.data.split.stats import summary
+from deepearth_jax.data.split.validation import carve_validation, with_validation
 
 __all__ = [
     "DEFAULTS",
     "MAX_FOLDS",
+    "MAX_REGIONS",
     "ORIGINAL_KEYS",
     "SPLIT_FORMAT",
     "SPLIT_VERSION",
@@ -70,6 +87,7 @@ __all__ = [
     "block_grid",
     "block_of",
     "box_counts",
+    "carve_validation",
     "choose_regions",
     "load_split",
     "make_folds",
@@ -77,5 +95,6 @@ __all__ = [
     "parse_split",
     "reason_group",
     "summary",
+    "with_validation",
     "write_split",
 ]

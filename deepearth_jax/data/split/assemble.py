@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from pathlib import Path
 
 import numpy as np
 
 from deepearth_jax import __version__
 from deepearth_jax.data.split.file_format import SPLIT_FORMAT, SPLIT_VERSION, Split, describe_ids, load_split
-from deepearth_jax.data.split.folds import make_folds
+from deepearth_jax.data.split.folds import check_block_cv, fold_masks, make_folds
 from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
 from deepearth_jax.data.split.pool import Pool, pool_of
 from deepearth_jax.data.split.reasons import Kind, of_kind
-from deepearth_jax.data.split.regions import assign_reasons, choose_regions
+from deepearth_jax.data.split.regions import assign_reasons, choose_regions, count_observations
 from deepearth_jax.data.split.stats import fold_statistics, statistics
+from deepearth_jax.data.split.validation import carve_validation
 
 
 def _taxon_id_value(value):
@@ -27,29 +29,66 @@ def _optional_int(value) -> int | None:
     return None if value is None or not np.isfinite(value) else int(value)
 
 
-def _from_other(other: Split, options: SplitOptions) -> tuple[SplitOptions, list[dict], dict | None]:
-    """The options, regions and block_cv record that re-applying `other` takes from it."""
+def _file_error(other: Split, field: str, expected: str, value) -> ValueError:
+    return ValueError(f"{other.path or 'the split file'}: {field} must be {expected}, got {value!r}")
+
+
+def _file_number(other: Split, field: str, value, low: float = 0.0) -> float:
+    """A number of another split file's strategy, checked: one line naming the file and field otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < low
+    ):
+        raise _file_error(other, field, f"a finite number >= {low:g}", value)
+    return float(value)
+
+
+def _file_years(other: Split, field: str, years) -> list[int]:
+    if not isinstance(years, list) or not all(isinstance(y, int) and not isinstance(y, bool) for y in years):
+        raise _file_error(other, field, "a list of integer years", years)
+    return years
+
+
+def _from_other(
+    other: Split, options: SplitOptions
+) -> tuple[SplitOptions, list[dict], dict | None, dict | None]:
+    """What re-applying `other` takes from it: `(options, regions, block_cv record, validation to reuse)`."""
     strategy = other.raw["split_strategy"]
     spatial = strategy.get("spatial_split", {})
+    if not isinstance(spatial, dict):
+        raise _file_error(other, "split_strategy.spatial_split", "an object", spatial)
+    field = "split_strategy.spatial_split."
     options = options.replace(
-        test_years=strategy.get("temporal_split", {}).get("test_years", []),
+        test_years=_file_years(
+            other,
+            "split_strategy.temporal_split.test_years",
+            strategy.get("temporal_split", {}).get("test_years", []),
+        ),
         num_regions=len(other.regions),
-        region_km=float(spatial.get("region_size_km", options.region_km)),
-        min_distance_km=float(spatial.get("min_distance_km", options.min_distance_km)),
-        buffer_km=float(spatial.get("buffer_km", 0.0)),
+        region_km=_file_number(
+            other, field + "region_size_km", spatial.get("region_size_km", options.region_km)
+        ),
+        min_distance_km=_file_number(
+            other, field + "min_distance_km", spatial.get("min_distance_km", options.min_distance_km)
+        ),
+        buffer_km=_file_number(other, field + "buffer_km", spatial.get("buffer_km", 0.0)),
         all_observations=spatial.get("candidate_pool", "vision") == "all",
     )
     reuse_cv = strategy["block_cv"] if options.folds == 0 and strategy.get("block_cv") else None
-    return options, [dict(r) for r in other.regions], reuse_cv
-
-
-def _check_options(o: SplitOptions) -> None:
-    """Refuses parameters out of range."""
-    if o.num_regions < 0 or o.region_km <= 0 or o.min_distance_km < 0 or o.buffer_km < 0:
-        raise ValueError(
-            "need --regions >= 0, --region-km > 0, --min-distance-km >= 0, --buffer-km >= 0; "
-            f"got {o.num_regions}, {o.region_km}, {o.min_distance_km}, {o.buffer_km}"
+    if reuse_cv is not None:
+        check_block_cv(reuse_cv, other.path or "the split file")
+    reuse_validation = None
+    if other.has_validation:
+        record = strategy["validation"]
+        years = _file_years(
+            other,
+            "split_strategy.validation.years",
+            record.get("years") if isinstance(record, dict) else None,
         )
+        reuse_validation = {"years": years, "regions": other.validation_regions}
+    return options, [dict(r) for r in other.regions], reuse_cv, reuse_validation
 
 
 def _check_years(pool: Pool, years: list[int]) -> None:
@@ -61,6 +100,25 @@ def _check_years(pool: Pool, years: list[int]) -> None:
             f"test year(s) {', '.join(map(str, absent))} have no observations in the pool of "
             f"{len(pool.rows)} (years present: {int(pool.year.min())}..{int(pool.year.max())})"
         )
+
+
+def _check_training(split: np.ndarray, fold, bits, reason) -> None:
+    """Refuses a split (or a fold) that leaves nothing to train on."""
+    counts = {s: int((split == s).sum()) for s in ("train", "test", "excluded", "validation")}
+    if counts["train"] == 0:
+        raise ValueError(
+            f"the split leaves no training observations (test {counts['test']}, validation "
+            f"{counts['validation']}, excluded {counts['excluded']}); use fewer test years or regions, a "
+            "smaller --buffer-km, or fewer --validation-years / --validation-regions"
+        )
+    if fold is None:
+        return
+    validation_buffer = of_kind(reason, Kind.VALIDATION_BUFFER)
+    for k in range(int(fold.max()) + 1):
+        if not fold_masks(fold == k, ((bits >> k) & 1) == 1, split, validation_buffer)["train"].any():
+            raise ValueError(
+                f"fold {k} leaves no training observations; use a smaller --buffer-km or more folds"
+            )
 
 
 def make_split(
@@ -76,18 +134,19 @@ def make_split(
     Args:
       options: the parameters (SplitOptions; its defaults when None); `changes` override fields by name,
         e.g. `make_split(store, seed=1, buffer_km=2.0)`.
-      regions_from: a split file (path or Split) whose test years, regions, buffer, pool and folds are applied
-        again; the assignment of every id both share must come out the same (ValueError otherwise).
+      regions_from: a split file (path or Split) whose test years, regions, buffer, pool, folds and
+        validation set are applied again; every id both share must get the same reason (ValueError
+        otherwise). A file without a validation set gets one carved as make_split carves it.
       allow_missing: with regions_from, drop ids of that file that this store's pool lacks instead of failing.
     """
     options = (options or DEFAULTS).replace(**changes)
-    other = reuse_cv = regions = None
+    other = reuse_cv = reuse_validation = regions = None
     if regions_from is not None:
         other = regions_from if isinstance(regions_from, Split) else load_split(regions_from)
-        options, regions, reuse_cv = _from_other(other, options)
+        options, regions, reuse_cv, reuse_validation = _from_other(other, options)
         selection = {"objective": f"regions reused from {other.path or 'another split file'}"}
+    options.check()
     years = sorted({int(y) for y in (options.test_years or ())})
-    _check_options(options)
     pool = pool_of(store, options.all_observations)
     _check_years(pool, years)
     if other is None:
@@ -99,9 +158,15 @@ def make_split(
             region_share=options.region_share,
             seed=options.seed,
         )
-    split, reason = assign_reasons(pool.lat, pool.lon, pool.year, years, regions, options.buffer_km)
-    for region in regions:
-        region["observation_count"] = int(of_kind(reason, Kind.SPATIAL_TEST, int(region["region_id"])).sum())
+    split, holdout_reason = assign_reasons(pool.lat, pool.lon, pool.year, years, regions, options.buffer_km)
+    count_observations(regions, holdout_reason, Kind.SPATIAL_TEST, "test", fresh=other is None)
+    _check_training(split, None, None, holdout_reason)
+    split, reason, validation_regions, validation = carve_validation(
+        pool, split, holdout_reason, regions, options, reuse=reuse_validation
+    )
+    count_observations(
+        validation_regions, reason, Kind.VALIDATION_SPATIAL, "validation", reuse_validation is None
+    )
     fold = bits = cv_record = None
     if options.folds or reuse_cv is not None:
         fold, bits, cv_record = make_folds(
@@ -113,15 +178,21 @@ def make_split(
             seed=options.seed,
             reuse=reuse_cv,
         )
-    compared = _compare_with(other, pool, reason, fold, allow_missing) if other is not None else None
-    stats = statistics(pool, split, reason, regions, years)
+    _check_training(split, fold, bits, reason)
+    compared = None
+    if other is not None:
+        theirs = reason if reuse_validation is not None else holdout_reason
+        compared = _compare_with(other, pool, theirs, fold, allow_missing)
+    stats = statistics(pool, split, reason, regions, years, validation_regions)
     if cv_record is not None:
-        stats["block_cv"] = fold_statistics(pool, fold, bits, cv_record)
+        stats["block_cv"] = fold_statistics(pool, split, reason, fold, bits, cv_record)
     if compared is not None:
         stats["regions_from"] = compared
     payload = _payload(store, pool, options, years, regions, selection, split, stats)
+    payload["split_strategy"]["validation"] = validation
     if cv_record is not None:
         payload["split_strategy"]["block_cv"] = cv_record
+    payload["validation_regions"] = validation_regions
     payload["observation_mappings"] = _mappings(pool, split, reason, fold, bits, cv_record)
     return payload
 
@@ -168,6 +239,7 @@ def _payload(store, pool: Pool, options: SplitOptions, years, regions, selection
             "west": float(pool.lon[train].min()) if train.any() else None,
         },
         "test_spatial_regions": regions,
+        "validation_regions": [],
         "split_statistics": stats,
         "observation_mappings": {},
     }

@@ -19,6 +19,8 @@ _FROM_FILE = {
     "--region-share": "region_share",
     "--buffer-km": "buffer_km",
     "--all-observations": "all_observations",
+    "--validation-years": "validation_years",
+    "--validation-regions": "validation_regions",
 }
 _OTHER = {"--folds": "folds", "--block-km": "block_km", "--seed": "seed"}
 
@@ -116,40 +118,59 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         help=f"seed for region centres and fold balancing (default {d.seed})",
     )
     p.add_argument(
+        "--validation-years",
+        type=int,
+        default=None,
+        help="hold out the N most recent training years as temporal validation "
+        f"(default {d.validation_years}; 0 for none)",
+    )
+    p.add_argument(
+        "--validation-regions",
+        type=int,
+        default=None,
+        help="spatial validation regions carved from the training rows like the test regions (default: as "
+        "many as --regions, or as many as fit; 0 for none)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="with --regions-from: drop ids of that file this store lacks instead of failing",
     )
 
 
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def run_split(args: argparse.Namespace) -> int:
     """Makes the split the flags describe, writes it (and the map), prints the summary."""
     from deepearth_jax.data.store import open_store
 
-    given = {
-        field: getattr(args, field.lstrip("-").replace("-", "_"))
-        for field in (*_FROM_FILE, *_OTHER)
-        if getattr(args, field.lstrip("-").replace("-", "_")) is not None
-    }
+    given = {flag: getattr(args, _dest(flag)) for flag in (*_FROM_FILE, *_OTHER)}
+    given = {flag: value for flag, value in given.items() if value is not None}
     if args.regions_from is not None:
         clash = [flag for flag in _FROM_FILE if flag in given]
         if clash:
             raise ValueError(
                 f"{', '.join(clash)} come(s) from {args.regions_from} with --regions-from; drop them"
             )
-    if args.out.exists() and args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a directory; give a file name such as split.json")
+    for flag in ("--out", "--plot"):
+        path = getattr(args, _dest(flag))
+        if path is not None and path.is_dir():
+            raise ValueError(f"{flag} {path} is a directory; give a file name such as split.json")
+    options = DEFAULTS.replace(**{({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()})
+    options.check()  # before opening the store: a bad flag fails at once
     store = open_store(args.store)
-    changes = {({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()}
-    payload = make_split(
-        store, DEFAULTS.replace(**changes), regions_from=args.regions_from, allow_missing=args.allow_missing
-    )
+    payload = make_split(store, options, regions_from=args.regions_from, allow_missing=args.allow_missing)
     write_split(payload, args.out)
     print(summary(payload))
     print(f"wrote {args.out} ({len(payload['observation_mappings'])} observations)")
     if args.plot is not None:
         from deepearth_jax.data.split.map import plot_split
 
-        plot_split(payload, args.plot)
+        try:
+            plot_split(payload, args.plot)
+        except OSError as e:
+            raise ValueError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
         print(f"wrote {args.plot}")
     return 0

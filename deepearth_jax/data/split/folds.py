@@ -8,10 +8,10 @@ import math
 import numpy as np
 
 from deepearth_jax.data import geo
+from deepearth_jax.data.split.options import MAX_BLOCKS, MAX_BUFFER_BLOCKS, MAX_FOLDS
 
 log = logging.getLogger(__name__)
 
-MAX_FOLDS = 62  # fold buffers are kept as bits of an int64
 GRID_KEYS = ("block_km", "origin_lat", "origin_lon", "lat_ref", "dlat_deg", "dlon_deg")
 
 
@@ -34,6 +34,18 @@ def block_of(lat: np.ndarray, lon: np.ndarray, grid: dict) -> tuple[np.ndarray, 
     row = np.floor((np.asarray(lat) - grid["origin_lat"]) / grid["dlat_deg"]).astype(np.int64)
     col = np.floor((np.asarray(lon) - grid["origin_lon"]) / grid["dlon_deg"]).astype(np.int64)
     return row, col
+
+
+def _best_swap(big: np.ndarray, small: np.ndarray, half_gap: float, cells: int = 1 << 22) -> tuple[int, int]:
+    """`(a, c)` minimising |big[a] - small[c] - half_gap| (first in row-major order), in bounded memory."""
+    rows = max(1, cells // len(small))
+    best, where = math.inf, (0, 0)
+    for start in range(0, len(big), rows):
+        cost = np.abs(big[start : start + rows, None] - small[None, :] - half_gap)
+        k = int(np.argmin(cost))
+        if cost.flat[k] < best:
+            best, where = float(cost.flat[k]), (start + k // len(small), k % len(small))
+    return where
 
 
 def balance_blocks(counts: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -59,9 +71,8 @@ def balance_blocks(counts: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
         # Best move (delta = block size) or swap (delta = size difference): 0 < delta < gap, closest to gap/2.
         options = [(counts[b], b, -1) for b in in_big]
         if len(in_small):
-            diff = counts[in_big][:, None] - counts[in_small][None, :]
-            a, c = np.unravel_index(np.argmin(np.abs(diff - gap / 2)), diff.shape)
-            options.append((diff[a, c], in_big[a], in_small[c]))
+            a, c = _best_swap(counts[in_big], counts[in_small], gap / 2)
+            options.append((counts[in_big[a]] - counts[in_small[c]], in_big[a], in_small[c]))
         options = [o for o in options if 0 < o[0] < gap]
         if not options:
             break
@@ -102,6 +113,11 @@ def _buffer_bits(lat, lon, row, col, fold, keys, block_fold, grid: dict, buffer_
         grid["dlon_deg"] * 111.2 * math.cos(math.radians(min(89.0, float(np.abs(lat).max()) + 1))),
     )
     reach = int(math.ceil(buffer_km / side_min))
+    if reach > MAX_BUFFER_BLOCKS:
+        raise ValueError(
+            f"--buffer-km {buffer_km:g} reaches {reach} blocks of {grid['block_km']:g} km (at most "
+            f"{MAX_BUFFER_BLOCKS}); use a larger --block-km or a smaller --buffer-km"
+        )
     ncols = int(keys[:, 1].max() - keys[:, 1].min() + 2 * reach + 3)
     base_r, base_c = int(keys[:, 0].min()) - reach - 1, int(keys[:, 1].min()) - reach - 1
     flat_keys = (keys[:, 0] - base_r) * ncols + (keys[:, 1] - base_c)
@@ -170,6 +186,11 @@ def make_folds(
                 f"only {len(keys)} block(s) of {block_km:g} km hold observations: "
                 f"cannot make {num_folds} folds; use a smaller --block-km or fewer --folds"
             )
+        if len(keys) > MAX_BLOCKS:
+            raise ValueError(
+                f"{len(keys)} blocks of {block_km:g} km hold observations (at most {MAX_BLOCKS}); "
+                "use a larger --block-km"
+            )
         block_fold = balance_blocks(counts, num_folds, seed)
     fold = block_fold[inverse]
     bits = _buffer_bits(lat, lon, row, col, fold, keys, block_fold, grid, buffer_km)
@@ -189,3 +210,55 @@ def make_folds(
         ],
     }
     return fold, bits, record
+
+
+def check_block_cv(record, where) -> None:
+    """Checks another file's block_cv record before it is applied again: one line naming file and field."""
+
+    def fail(field: str, expected: str, value) -> ValueError:
+        return ValueError(f"{where}: split_strategy.block_cv.{field} must be {expected}, got {value!r}")
+
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: split_strategy.block_cv must be an object")
+    for key in (*GRID_KEYS, "buffer_km"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise fail(key, "a finite number", value)
+    for key in ("block_km", "dlat_deg", "dlon_deg"):
+        if record[key] <= 0:
+            raise fail(key, "> 0", record[key])
+    num_folds = record.get("num_folds")
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or not 2 <= num_folds <= MAX_FOLDS:
+        raise fail("num_folds", f"an integer in 2..{MAX_FOLDS}", num_folds)
+    if isinstance(record.get("seed"), bool) or not isinstance(record.get("seed"), int) or record["seed"] < 0:
+        raise fail("seed", "an integer >= 0", record.get("seed"))
+    blocks = record.get("blocks")
+    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+        raise fail("blocks", f"a list of at most {MAX_BLOCKS} blocks", type(blocks).__name__)
+    for n, block in enumerate(blocks):
+        ok = isinstance(block, dict) and all(
+            isinstance(block.get(k), int) and not isinstance(block.get(k), bool)
+            for k in ("row", "col", "fold")
+        )
+        if not ok or not 0 <= block["fold"] < num_folds:
+            raise fail(f"blocks[{n}]", f"{{row, col, fold in 0..{num_folds - 1}}} integers", block)
+
+
+def fold_masks(
+    test: np.ndarray, buffered: np.ndarray, holdout: np.ndarray, validation_buffer: np.ndarray
+) -> dict:
+    """The subsets when one fold is the test set, bool `(N,)` each.
+
+    `test`: in the fold; `buffered`: within buffer_km of its blocks; `holdout`: the holdout split names;
+    `validation_buffer`: excluded by a validation region's buffer. Validation = the holdout's validation
+    rows outside the fold and its buffer; excluded = the fold's buffer and the validation buffers; train =
+    the rest.
+    """
+    excluded = ~test & (buffered | validation_buffer)
+    validation = ~test & ~excluded & (holdout == "validation")
+    return {
+        "test": test,
+        "excluded": excluded,
+        "validation": validation,
+        "train": ~test & ~excluded & ~validation,
+    }

@@ -39,6 +39,8 @@ def _holdout_masks(cols: dict) -> dict[str, np.ndarray]:
         "temporal": of_kind(reason, Kind.TEMPORAL_TEST),
         "spatial": of_kind(reason, Kind.SPATIAL_TEST),
         "excluded": cols["split"] == "excluded",
+        "validation_temporal": of_kind(reason, Kind.VALIDATION_TEMPORAL),
+        "validation_spatial": of_kind(reason, Kind.VALIDATION_SPATIAL),
     }
 
 
@@ -49,10 +51,12 @@ def _holdout_map(ax, payload: dict, cols: dict, masks: dict) -> None:
         ("excluded", draw.EXCLUDED_COLOR, 9, 0.8, "x", "excluded by buffer"),
         ("temporal", draw.TEMPORAL_COLOR, 8, 0.75, "o", "temporal test"),
         ("spatial", draw.SPATIAL_COLOR, 12, 0.9, "o", "spatial test"),
+        ("validation_temporal", draw.VALIDATION_TEMPORAL_COLOR, 7, 0.75, "o", "validation: temporal"),
+        ("validation_spatial", draw.VALIDATION_COLOR, 10, 0.9, "o", "validation: spatial"),
     ]
     for key, color, size, alpha, marker, label in layers:
         mask = masks[key]
-        if mask.any() or key != "excluded":
+        if mask.any() or key in ("train", "temporal", "spatial"):
             kwargs = {"linewidths": 0.6} if marker == "x" else {"edgecolors": "none"}
             ax.scatter(
                 cols["lon"][mask],
@@ -67,11 +71,16 @@ def _holdout_map(ax, payload: dict, cols: dict, masks: dict) -> None:
                 **kwargs,
             )
     draw.draw_regions(ax, payload, cols, faint=False)
+    draw.draw_regions(ax, payload, cols, faint=False, validation=True)
     draw.map_axes(ax, payload, cols)
     from matplotlib.lines import Line2D
 
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color=draw.REGION_COLOR, lw=2.2, label="test region box (Rk: count)"))
+    if payload.get("validation_regions"):
+        handles.append(
+            Line2D([], [], color=draw.VALIDATION_COLOR, lw=2.2, label="validation region box (Vk: count)")
+        )
     buffer_km = draw.buffer_km_of(payload)
     if buffer_km > 0:
         handles.append(
@@ -102,6 +111,19 @@ def _reason_bars(bars, payload: dict, cols: dict, masks: dict) -> None:
             names.append(f"buffer R{k}")
             counts.append(int(of_kind(cols["reason"], Kind.BUFFER, int(k)).sum()))
             colors.append(draw.EXCLUDED_COLOR)
+    if masks["validation_temporal"].any() or payload.get("validation_regions"):
+        names.append("validation year(s)")
+        counts.append(int(masks["validation_temporal"].sum()))
+        colors.append(draw.VALIDATION_TEMPORAL_COLOR)
+    for region in payload.get("validation_regions", []):
+        k = int(region["region_id"])
+        names.append(f"validation V{k}")
+        counts.append(int(of_kind(cols["reason"], Kind.VALIDATION_SPATIAL, k).sum()))
+        colors.append(draw.VALIDATION_COLOR)
+        if buffer_km > 0:
+            names.append(f"buffer V{k}")
+            counts.append(int(of_kind(cols["reason"], Kind.VALIDATION_BUFFER, k).sum()))
+            colors.append(draw.EXCLUDED_COLOR)
     y = np.arange(len(names))[::-1]
     bars.barh(y, counts, color=colors)
     bars.set_yticks(y, names, fontsize=9)
@@ -131,6 +153,8 @@ def _holdout(fig, gs, payload: dict, cols: dict) -> None:
             ("test: temporal", masks["temporal"], draw.TEMPORAL_COLOR),
             ("test: spatial", masks["spatial"], draw.SPATIAL_COLOR),
             ("excluded", masks["excluded"], draw.EXCLUDED_COLOR),
+            ("validation: temporal", masks["validation_temporal"], draw.VALIDATION_TEMPORAL_COLOR),
+            ("validation: spatial", masks["validation_spatial"], draw.VALIDATION_COLOR),
         ],
     )
     _reason_bars(fig.add_subplot(gs[1, 1]), payload, cols, masks)
@@ -280,7 +304,8 @@ def plot_split(payload: dict, path: str | Path, title: str | None = None) -> Pat
     elif title is None:
         title = (
             f"{name}: train/test split — {stats.get('total_observations', len(cols['lat']))} observations; "
-            f"train {stats.get('train_count', '?')}, test {stats.get('test_count', '?')} "
+            f"train {stats.get('train_count', '?')}, validation {stats.get('validation_count', 0)}, "
+            f"test {stats.get('test_count', '?')} "
             f"(test years {', '.join(map(str, years)) or 'none'}, "
             f"{len(payload['test_spatial_regions'])} regions), excluded {stats.get('excluded_count', 0)}"
         )

@@ -14,6 +14,8 @@ TEMPORAL_COLOR = "#A23B72"
 SPATIAL_COLOR = "#E4572E"
 REGION_COLOR = "#F18F01"
 EXCLUDED_COLOR = "#8C8C8C"
+VALIDATION_COLOR = "#2A9D55"  # validation points and boxes
+VALIDATION_TEMPORAL_COLOR = "#8FD694"
 FOLD_COLORS = (
     "#1F77B4 #FF7F0E #2CA02C #D62728 #9467BD #8C564B #E377C2 #17BECF #BCBD22 #7F7F7F "
     "#393B79 #637939 #8C6D31 #843C39 #7B4173 #3182BD #E6550D #31A354 #756BB1 #636363"
@@ -109,19 +111,21 @@ def buffer_ring(bounds: dict, buffer_km: float, n: int = 16) -> tuple[np.ndarray
     return np.asarray(xs), np.asarray(ys)
 
 
-def draw_regions(ax, payload: dict, cols: dict, faint: bool) -> None:
+def draw_regions(ax, payload: dict, cols: dict, faint: bool, validation: bool = False) -> None:
+    """Test region boxes (with `validation`: the validation boxes), buffer rings and `Rk (count)` labels."""
     from matplotlib.patches import Rectangle
 
     buffer_km = buffer_km_of(payload)
     lat_span = cols["lat"].max() - cols["lat"].min()
-    for region in payload["test_spatial_regions"]:
+    regions = payload.get("validation_regions", []) if validation else payload["test_spatial_regions"]
+    color = VALIDATION_COLOR if validation else REGION_COLOR
+    kind, prefix = (Kind.VALIDATION_SPATIAL, "V") if validation else (Kind.SPATIAL_TEST, "R")
+    for region in regions:
         b = region["bounds"]
         width, height = b["east"] - b["west"], b["north"] - b["south"]
         if not faint:
             ax.add_patch(
-                Rectangle(
-                    (b["west"], b["south"]), width, height, facecolor=REGION_COLOR, alpha=0.15, zorder=1
-                )
+                Rectangle((b["west"], b["south"]), width, height, facecolor=color, alpha=0.15, zorder=1)
             )
         ax.add_patch(
             Rectangle(
@@ -129,7 +133,7 @@ def draw_regions(ax, payload: dict, cols: dict, faint: bool) -> None:
                 width,
                 height,
                 fill=False,
-                edgecolor="black" if faint else REGION_COLOR,
+                edgecolor="black" if faint else color,
                 lw=1.0 if faint else 2.2,
                 ls="--" if faint else "-",
                 zorder=5,
@@ -137,20 +141,20 @@ def draw_regions(ax, payload: dict, cols: dict, faint: bool) -> None:
         )
         if buffer_km > 0 and not faint:
             xs, ys = buffer_ring(b, buffer_km)
-            ax.plot(xs, ys, color=REGION_COLOR, lw=1.2, ls="--", zorder=5)
-        count = int(of_kind(cols["reason"], Kind.SPATIAL_TEST, int(region["region_id"])).sum())
+            ax.plot(xs, ys, color=color, lw=1.2, ls="--", zorder=5)
+        count = int(of_kind(cols["reason"], kind, int(region["region_id"])).sum())
         top = b["north"] + (
             geo.degrees_for_km(buffer_km, b["north"])[0] if buffer_km > 0 and not faint else 0
         )
         ax.text(
             0.5 * (b["west"] + b["east"]),
             top + 0.008 * lat_span,
-            f"R{region['region_id']}" if faint else f"R{region['region_id']} ({count})",
+            f"{prefix}{region['region_id']}" if faint else f"{prefix}{region['region_id']} ({count})",
             ha="center",
             va="bottom",
             fontsize=9 if faint else 11,
             fontweight="bold",
-            color="black" if faint else "#8A4B00",
+            color="black" if faint else ("#1B6B3A" if validation else "#8A4B00"),
             zorder=7,
             bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
         )
@@ -161,7 +165,7 @@ def extent(payload: dict, cols: dict) -> tuple[float, float, float, float]:
     south, north = float(cols["lat"].min()), float(cols["lat"].max())
     west, east = float(cols["lon"].min()), float(cols["lon"].max())
     buffer_km = buffer_km_of(payload)
-    for region in payload["test_spatial_regions"]:
+    for region in [*payload["test_spatial_regions"], *payload.get("validation_regions", [])]:
         b = region["bounds"]
         dlat, dlon = geo.degrees_for_km(buffer_km, 0.5 * (b["north"] + b["south"]))
         south, north = min(south, b["south"] - dlat), max(north, b["north"] + dlat)

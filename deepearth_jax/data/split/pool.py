@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,3 +82,8 @@ def pool_of(store, all_observations: bool) -> Pool:
         month=optional("month"),
         day=optional("day"),
     )
+
+
+def subset(pool: Pool, index: np.ndarray) -> Pool:
+    """The pool restricted to `index` (positions in the pool)."""
+    return Pool(**{f.name: getattr(pool, f.name)[index] for f in dataclasses.fields(Pool)})

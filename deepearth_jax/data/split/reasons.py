@@ -25,6 +25,9 @@ class Kind(enum.Enum):
     FOLD_TRAIN = "fold_{n}_train"
     FOLD_BUFFER = "buffer_fold_{n}"
     NOT_IN_SPLIT = "not_in_split"
+    VALIDATION_TEMPORAL = "validation_temporal"
+    VALIDATION_SPATIAL = "validation_spatial_region_{n}"
+    VALIDATION_BUFFER = "validation_buffer_region_{n}"
 
 
 # Coarse group of each kind (evaluation reports metrics per group).
@@ -37,6 +40,9 @@ _GROUP = {
     Kind.FOLD_TRAIN: "fold",
     Kind.FOLD_BUFFER: "buffer",
     Kind.NOT_IN_SPLIT: "not_in_split",
+    Kind.VALIDATION_TEMPORAL: "temporal",
+    Kind.VALIDATION_SPATIAL: "spatial",
+    Kind.VALIDATION_BUFFER: "buffer",
 }
 _PATTERNS = [
     (kind, re.compile("^" + re.escape(kind.value).replace(r"\{n\}", "(-?[0-9]+)") + "$")) for kind in Kind
@@ -76,15 +82,22 @@ class Reason:
 TEMPORAL_TRAIN = Reason(Kind.TEMPORAL_TRAIN)
 TEMPORAL_TEST = Reason(Kind.TEMPORAL_TEST)
 NOT_IN_SPLIT = Reason(Kind.NOT_IN_SPLIT)
+VALIDATION_TEMPORAL = Reason(Kind.VALIDATION_TEMPORAL)
 
 
 @functools.lru_cache(maxsize=4096)
+def kind_of(text: str) -> Kind | None:
+    """The Kind of a reason's spelling, None for a spelling no kind has (a foreign file's own reasons)."""
+    try:
+        return Reason.parse(text).kind
+    except ValueError:
+        return None
+
+
 def reason_group(text: str) -> str:
     """Coarse group of a reason's spelling (temporal, spatial, fold, buffer), or the spelling itself."""
-    try:
-        return Reason.parse(text).group
-    except ValueError:
-        return text
+    kind = kind_of(text)
+    return text if kind is None else _GROUP[kind]
 
 
 def texts(reasons: np.ndarray) -> np.ndarray:
@@ -104,7 +117,14 @@ def parse_all(spellings) -> np.ndarray:
 
 
 def of_kind(reasons: np.ndarray, kind: Kind, number: int | None = None) -> np.ndarray:
-    """Bool `(N,)`: which reasons are of `kind` (and, when given, of region/fold `number`)."""
+    """Bool `(N,)`: which reasons are of `kind` (and, when given, of region/fold `number`).
+
+    Entries that are not a Reason (a foreign file's own spellings) are of no kind."""
     return np.fromiter(
-        (r.kind is kind and (number is None or r.number == number) for r in reasons), bool, len(reasons)
+        (
+            isinstance(r, Reason) and r.kind is kind and (number is None or r.number == number)
+            for r in reasons
+        ),
+        bool,
+        len(reasons),
     )

@@ -18,7 +18,9 @@ REGION_DRAWS = 16  # seeded random draws of region centres; the most spread out 
 SHARE_TOLERANCE = 2.0  # a region's box holds between target/2 and target*2 of the pool
 
 
-def box_counts(lat: np.ndarray, lon: np.ndarray, size_km: float, chunk: int = 256) -> np.ndarray:
+def box_counts(
+    lat: np.ndarray, lon: np.ndarray, size_km: float, chunk: int = 256, cells: int = 1 << 22
+) -> np.ndarray:
     """For each point, how many points (itself included) lie in the box of `size_km` centred on it, `(N,)`.
 
     Boxes as geo.box_around. Points are processed in latitude order so each chunk is compared only with the
@@ -30,10 +32,15 @@ def box_counts(lat: np.ndarray, lon: np.ndarray, size_km: float, chunk: int = 25
     slat, slon = lat[order], lon[order]
     counts_sorted = np.zeros(len(lat), np.int64)
     half_lat = (size_km / 2) / geo.KM_PER_DEGREE
-    for start in range(0, len(lat), chunk):
-        c_lat, c_lon = slat[start : start + chunk], slon[start : start + chunk]
-        lo = np.searchsorted(slat, c_lat[0] - half_lat - 1e-9, side="left")
-        hi = np.searchsorted(slat, c_lat[-1] + half_lat + 1e-9, side="right")
+    start = 0
+    while start < len(lat):
+        # A chunk whose latitude band is wide (large boxes, dense bands) is made smaller: bounded memory.
+        lo = np.searchsorted(slat, slat[start] - half_lat - 1e-9, side="left")
+        hi = np.searchsorted(slat, slat[min(start + chunk, len(lat)) - 1] + half_lat + 1e-9, side="right")
+        step = max(1, min(chunk, cells // max(1, hi - lo)))
+        if step < chunk:
+            hi = np.searchsorted(slat, slat[min(start + step, len(lat)) - 1] + half_lat + 1e-9, side="right")
+        c_lat, c_lon = slat[start : start + step], slon[start : start + step]
         b_lat, b_lon = slat[lo:hi], slon[lo:hi]
         half_lon = (size_km / 2) / (geo.KM_PER_DEGREE * np.cos(np.radians(c_lat)))
         inside = (
@@ -42,7 +49,8 @@ def box_counts(lat: np.ndarray, lon: np.ndarray, size_km: float, chunk: int = 25
             & (b_lon[None, :] >= (c_lon - half_lon)[:, None])
             & (b_lon[None, :] <= (c_lon + half_lon)[:, None])
         )
-        counts_sorted[start : start + chunk] = inside.sum(axis=1)
+        counts_sorted[start : start + step] = inside.sum(axis=1)
+        start += step
     counts = np.empty_like(counts_sorted)
     counts[order] = counts_sorted
     return counts
@@ -67,7 +75,8 @@ def _draw(cand_lat, cand_lon, order, num_regions, min_distance_km) -> list[int]:
         c = int(free[0])
         position = int(np.flatnonzero(order == c)[0]) + 1
         kept.append(c)
-        blocked |= geo.geodesic_km(cand_lat, cand_lon, cand_lat[c], cand_lon[c]) < min_distance_km
+        d = geo.geodesic_km(cand_lat, cand_lon, cand_lat[c], cand_lon[c])
+        blocked |= (d < min_distance_km) | (d <= 0.0)  # never two regions on one point
     return kept
 
 
@@ -76,7 +85,7 @@ def _farthest_draw(cand_lat, cand_lon, first, num_regions, min_distance_km) -> l
     nearest = geo.geodesic_km(cand_lat, cand_lon, cand_lat[first], cand_lon[first])
     while len(kept) < num_regions:
         c = int(np.argmax(nearest))
-        if nearest[c] < min_distance_km:
+        if nearest[c] < min_distance_km or nearest[c] <= 0.0:
             break
         kept.append(c)
         nearest = np.minimum(nearest, geo.geodesic_km(cand_lat, cand_lon, cand_lat[c], cand_lon[c]))
@@ -94,6 +103,14 @@ class _ShareBand:
     hard: bool
 
 
+class RegionsDoNotFit(ValueError):
+    """choose_regions could not place every region; `most` is how many one draw placed."""
+
+    def __init__(self, most: int, message: str):
+        super().__init__(message)
+        self.most = most
+
+
 def _share_band(pool: Pool, region_km: float, region_share: float | None) -> _ShareBand:
     share = box_counts(pool.lat, pool.lon, region_km) / len(pool.lat)
     hard = region_share is not None
@@ -102,12 +119,12 @@ def _share_band(pool: Pool, region_km: float, region_share: float | None) -> _Sh
     return _ShareBand(target, lo, hi, (share >= lo) & (share <= hi), hard)
 
 
-def _search(cand_lat, cand_lon, preferred, num_regions, min_distance_km, seed):
+def _search(cand_lat, cand_lon, preferred, num_regions, min_distance_km, seed, stream):
     """Seeded random draws, then one farthest-point draw if none placed every region.
 
     Returns `(best candidate indices or None, key (outside band, -spread), method, most placed)`.
     """
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, stream])
     best: list[int] | None = None
     best_key = (math.inf, math.inf)
     most = 0
@@ -162,18 +179,21 @@ def choose_regions(
     min_distance_km: float,
     region_share: float | None,
     seed: int,
+    what: str = "test",
+    stream: int = 7,
 ) -> tuple[list[dict], dict]:
     """Chooses region centres (objective in the package docstring); returns `(regions, selection_record)`.
 
+    `what` names the regions in messages ("test" or "validation"); `stream` separates their random draws.
     Raises ValueError naming the constraints when they cannot all be met.
     """
     if num_regions == 0:
-        return [], {"objective": "none (no spatial test regions)"}
+        return [], {"objective": f"none (no spatial {what} regions)"}
     n = len(pool.lat)
     band = _share_band(pool, region_km, region_share)
     # With --region-share the band is a constraint; by default it is a preference (in-band centres first).
     eligible = np.flatnonzero(band.in_band) if band.hard else np.arange(n)
-    spacing = f"{num_regions} test regions of {region_km:g} km with centres >= {min_distance_km:g} km apart"
+    spacing = f"{num_regions} {what} regions of {region_km:g} km with centres >= {min_distance_km:g} km apart"
     share_text = f"holding {100 * band.lo:.2g}%..{100 * band.hi:.2g}% of the {n} candidate observations"
     constraints = (
         f"{spacing}, each {share_text}" if band.hard else f"{spacing} among the {n} candidate observations"
@@ -184,23 +204,26 @@ def choose_regions(
         )
     preferred = band.in_band[eligible]
     best, best_key, method, most = _search(
-        pool.lat[eligible], pool.lon[eligible], preferred, num_regions, min_distance_km, seed
+        pool.lat[eligible], pool.lon[eligible], preferred, num_regions, min_distance_km, seed, stream
     )
     if best is None:
-        raise ValueError(
+        raise RegionsDoNotFit(
+            most,
             f"cannot place {constraints}: at most {most} fit ({len(eligible)} candidate centres); use fewer "
-            "--regions, a smaller --min-distance-km or --region-km"
-            + (", or another --region-share" if band.hard else "")
+            f"{'--regions' if what == 'test' else '--validation-regions'}, a smaller --min-distance-km or "
+            "--region-km" + (", or another --region-share" if band.hard else ""),
         )
     outside = int(best_key[0])
     if outside:
         log.warning(
-            "%d of %d test regions hold a share of observations outside the preferred %.2g%%..%.2g%% (see "
-            "split_strategy.spatial_split.selection); pass --region-share to make the range a constraint",
+            "%d of %d %s regions hold a share of observations outside the preferred %.2g%%..%.2g%% (see "
+            "split_strategy.%s.selection); pass --region-share to make the range a constraint",
             outside,
             num_regions,
+            what,
             100 * band.lo,
             100 * band.hi,
+            "spatial_split" if what == "test" else "validation",
         )
     regions = _region_records(pool, eligible[best], region_km)
     spread = -best_key[1]
@@ -242,11 +265,34 @@ def assign_reasons(
         reason[inside] = Reason(Kind.SPATIAL_TEST, int(region["region_id"]))
     if buffer_km > 0 and regions:
         train = np.flatnonzero(of_kind(reason, Kind.TEMPORAL_TRAIN))
-        d = np.stack([geo.distance_to_box_km(lat[train], lon[train], r["bounds"]) for r in regions])
-        nearest = d.argmin(axis=0)
-        near = d[nearest, np.arange(len(train))] <= buffer_km
+        distance, nearest = near_boxes(lat[train], lon[train], regions)
+        near = distance <= buffer_km
         buffers = [Reason(Kind.BUFFER, int(r["region_id"])) for r in regions]
         split[train[near]] = "excluded"
         for i, k in zip(train[near], nearest[near], strict=True):
             reason[i] = buffers[k]
     return split, reason
+
+
+def near_boxes(lat, lon, regions: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """`(distance (N,) km, nearest (N,) int64)`: distance to the nearest region box and that box's index (the
+    first of equals). One pass per region, so memory stays `O(N)` however many regions."""
+    best = np.full(len(lat), np.inf)
+    nearest = np.zeros(len(lat), np.int64)
+    for k, region in enumerate(regions):
+        d = geo.distance_to_box_km(lat, lon, region["bounds"])
+        closer = d < best
+        best[closer] = d[closer]
+        nearest[closer] = k
+    return best, nearest
+
+
+def count_observations(regions: list[dict], reason: np.ndarray, kind: Kind, what: str, fresh: bool) -> None:
+    """Records each region's observation count; a freshly chosen region left empty is refused."""
+    for region in regions:
+        region["observation_count"] = int(of_kind(reason, kind, int(region["region_id"])).sum())
+        if fresh and region["observation_count"] == 0:
+            raise ValueError(
+                f"{what} region {region['region_id']} holds no observation (later regions' boxes cover it); "
+                "use a larger --min-distance-km"
+            )

@@ -6,6 +6,7 @@ import numpy as np
 
 from deepearth_jax.data import geo
 from deepearth_jax.data.split.file_format import SUBSETS
+from deepearth_jax.data.split.folds import fold_masks
 from deepearth_jax.data.split.pool import Pool
 from deepearth_jax.data.split.reasons import Kind, of_kind, texts
 
@@ -29,7 +30,12 @@ def _nearest_train(pool: Pool, query: np.ndarray, train: np.ndarray) -> np.ndarr
 
 
 def statistics(
-    pool: Pool, split: np.ndarray, reason: np.ndarray, regions: list[dict], years: list[int]
+    pool: Pool,
+    split: np.ndarray,
+    reason: np.ndarray,
+    regions: list[dict],
+    years: list[int],
+    validation_regions: list[dict] = (),
 ) -> dict:
     """`split_statistics` of the holdout: counts, species, nearest-train distances, per region/year/reason."""
     n = len(split)
@@ -53,13 +59,62 @@ def statistics(
         "excluded_percentage": float(100 * excluded.sum() / n),
         "buffer_excluded_count": int(of_kind(reason, Kind.BUFFER).sum()),
         "unseen_test_species": {"count": len(unseen), "names": unseen},
+        **_validation_counts(pool, split, reason),
     }
-    near_spatial = _nearest_train(pool, spatial, train)
+    val_temporal = of_kind(reason, Kind.VALIDATION_TEMPORAL)
+    val_spatial = of_kind(reason, Kind.VALIDATION_SPATIAL)
     stats["nearest_train_distance_km"] = {
         "description": "geodesic distance from each test observation to its nearest training observation",
-        "spatial_test": _quantiles(near_spatial),
+        "spatial_test": _quantiles(_nearest_train(pool, spatial, train)),
         "temporal_test": _quantiles(_nearest_train(pool, temporal, train)),
+        "validation_spatial": _quantiles(_nearest_train(pool, val_spatial, train)),
+        "validation_temporal": _quantiles(_nearest_train(pool, val_temporal, train)),
     }
+    stats["per_region"] = _per_region(pool, reason, regions, years, train)
+    stats["per_validation_region"] = {
+        str(r["region_id"]): _region_row(
+            pool, reason, r, Kind.VALIDATION_SPATIAL, Kind.VALIDATION_BUFFER, train
+        )
+        for r in validation_regions
+    }
+    per_year = {}
+    for y in np.unique(pool.year):
+        at = pool.year == y
+        per_year[str(int(y))] = {s: int((at & (split == s)).sum()) for s in SUBSETS}
+    stats["per_year"] = per_year
+    names, counts = np.unique(texts(reason).astype(str), return_counts=True)
+    stats["per_reason"] = {str(r): int(c) for r, c in zip(names, counts, strict=True)}
+    return stats
+
+
+def _validation_counts(pool: Pool, split: np.ndarray, reason: np.ndarray) -> dict:
+    validation = split == "validation"
+    names_validation = set(pool.taxon_name[validation].tolist())
+    unseen = names_validation - set(pool.taxon_name[split == "train"].tolist())
+    return {
+        "validation_count": int(validation.sum()),
+        "validation_percentage": float(100 * validation.sum() / len(split)),
+        "validation_temporal_count": int(of_kind(reason, Kind.VALIDATION_TEMPORAL).sum()),
+        "validation_spatial_count": int(of_kind(reason, Kind.VALIDATION_SPATIAL).sum()),
+        "validation_buffer_excluded_count": int(of_kind(reason, Kind.VALIDATION_BUFFER).sum()),
+        "unique_species_validation": len(names_validation),
+        "unseen_validation_species": {"count": len(unseen)},
+    }
+
+
+def _region_row(pool: Pool, reason, region: dict, kind: Kind, buffer: Kind, train) -> dict:
+    """Counts, species and leakage distance of one validation region."""
+    k = int(region["region_id"])
+    mine = of_kind(reason, kind, k)
+    return {
+        "validation_count": int(mine.sum()),
+        "buffer_excluded_count": int(of_kind(reason, buffer, k).sum()),
+        "species": len(set(pool.taxon_name[mine].tolist())),
+        "nearest_train_distance_km": _quantiles(_nearest_train(pool, mine, train)),
+    }
+
+
+def _per_region(pool: Pool, reason, regions: list[dict], years: list[int], train) -> dict:
     per_region = {}
     for region in regions:
         k = region["region_id"]
@@ -73,32 +128,25 @@ def statistics(
             "species": len(set(pool.taxon_name[mine].tolist())),
             "nearest_train_distance_km": _quantiles(_nearest_train(pool, mine, train)),
         }
-    stats["per_region"] = per_region
-    per_year = {}
-    for y in np.unique(pool.year):
-        at = pool.year == y
-        per_year[str(int(y))] = {s: int((at & (split == s)).sum()) for s in SUBSETS}
-    stats["per_year"] = per_year
-    names, counts = np.unique(texts(reason).astype(str), return_counts=True)
-    stats["per_reason"] = {str(r): int(c) for r, c in zip(names, counts, strict=True)}
-    return stats
+    return per_region
 
 
-def fold_statistics(pool: Pool, fold: np.ndarray, bits: np.ndarray, record: dict) -> dict:
+def fold_statistics(pool: Pool, split, reason, fold: np.ndarray, bits: np.ndarray, record: dict) -> dict:
     """`split_statistics.block_cv`: fold counts, balance against its tolerance, per-fold diagnostics."""
     k_folds = record["num_folds"]
     counts = np.bincount(fold, minlength=k_folds)
     largest = max(b["count"] for b in record["blocks"])
+    validation_buffer = of_kind(reason, Kind.VALIDATION_BUFFER)
     per_fold = {}
     for k in range(k_folds):
-        test = fold == k
-        excluded = ~test & ((bits >> k) & 1).astype(bool)
-        train = ~test & ~excluded
+        masks = fold_masks(fold == k, ((bits >> k) & 1) == 1, split, validation_buffer)
+        test, train = masks["test"], masks["train"]
         unseen = set(pool.taxon_name[test].tolist()) - set(pool.taxon_name[train].tolist())
         per_fold[str(k)] = {
             "test_count": int(test.sum()),
             "train_count": int(train.sum()),
-            "excluded_count": int(excluded.sum()),
+            "excluded_count": int(masks["excluded"].sum()),
+            "validation_count": int(masks["validation"].sum()),
             "blocks": sum(1 for b in record["blocks"] if b["fold"] == k),
             "unseen_test_species": len(unseen),
             "nearest_train_distance_km": _quantiles(_nearest_train(pool, test, train)),
@@ -136,6 +184,15 @@ def summary(payload: dict) -> str:
             f"nearest training observation to spatial test points: median {near['median_km']:.2f} km, "
             f"5th percentile {near['p5_km']:.2f} km"
         )
+    if "validation_count" in s:
+        validation = payload["split_strategy"]["validation"]
+        years = ", ".join(map(str, validation["years"])) or "none"
+        lines.append(
+            f"validation {s['validation_count']} ({s['validation_percentage']:.1f}%, carved from training: "
+            f"{s['validation_temporal_count']} in year(s) {years} + "
+            f"{s['validation_spatial_count']} in {validation['num_regions']} regions), excluded "
+            f"{s['validation_buffer_excluded_count']} by their buffers"
+        )
     cv = s.get("block_cv")
     if cv:
         lines.append(
@@ -146,7 +203,7 @@ def summary(payload: dict) -> str:
             d = f["nearest_train_distance_km"]
             lines.append(
                 f"  fold {k}: test {f['test_count']}, train {f['train_count']}, "
-                f"excluded {f['excluded_count']}, "
+                f"excluded {f['excluded_count']}, validation {f.get('validation_count', 0)}, "
                 f"nearest-train median {d['median_km'] or 0:.2f} km, p5 {d['p5_km'] or 0:.2f} km"
             )
     return "\n".join(lines)
