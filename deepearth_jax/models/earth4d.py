@@ -169,12 +169,23 @@ def corner_bits(dim: int) -> np.ndarray:
     return ((np.arange(1 << dim)[:, None] >> np.arange(dim)[None, :]) & 1).astype(np.int32)
 
 
+def _corners(per_axis: jax.Array, combine) -> jax.Array:
+    """(B, L, 2^d) from per-axis values (B, L, d, 2) [lower, upper]: corner c combines, over axes a, the
+    side given by bit a of c (axis 0 the fastest bit, as `corner_bits`)."""
+    out = per_axis[:, :, 0, :]
+    for axis in range(1, per_axis.shape[2]):
+        out = combine(per_axis[:, :, axis, :, None], out[:, :, None, :]).reshape(*out.shape[:2], -1)
+    return out
+
+
 def grid_indices_and_weights(
     coords: jax.Array, layout: GridLayout, interpolation: str = "linear"
 ) -> tuple[jax.Array, jax.Array]:
     """Table rows `(B, L, 2^d)` int32 and corner weights `(B, L, 2^d)` float32 of one grid.
 
-    coords: `(B, 5)` float32 in [0, 1] (already clipped and free of NaN).
+    coords: `(B, 5)` float32 in [0, 1] (already clipped and free of NaN). Per-axis vertex terms (stride or
+    prime products) are computed once per side and combined into the 2^d corners by outer sums / XORs;
+    dense levels (a prefix: resolutions grow with the level) and hashed levels are computed apart.
     """
     scale = np.asarray(layout.scale, np.float32)  # (L, d)
     resolution = np.asarray(layout.resolution, np.int32)
@@ -185,21 +196,25 @@ def grid_indices_and_weights(
     top = np.where(periodic, np.float32(np.inf), resolution - 2).astype(np.float32)
     lower = jnp.minimum(lower, top)
     fraction = position - lower
-    lower = lower.astype(jnp.int32)
     if interpolation == "smoothstep":
         fraction = fraction * fraction * (3.0 - 2.0 * fraction)
-    bits = corner_bits(layout.dim)  # (C, d)
-    corner = lower[:, :, None, :] + bits  # (B, L, C, d)
-    corner = jnp.where(periodic, corner % np.maximum(resolution, 1)[:, None, :], corner)
-    weight = jnp.prod(jnp.where(bits == 1, fraction[:, :, None, :], 1.0 - fraction[:, :, None, :]), axis=-1)
-    dense_index = jnp.sum(corner * np.asarray(layout.stride, np.int32)[:, None, :], axis=-1)
-    hashed = corner.astype(jnp.uint32) * np.asarray(PRIMES[: layout.dim], np.uint32)
-    hash_index = hashed[..., 0]
-    for axis in range(1, layout.dim):
-        hash_index = hash_index ^ hashed[..., axis]
-    mask = (np.asarray(layout.size, np.int64) - 1).astype(np.uint32)[:, None]  # power of two when hashed
-    hash_index = (hash_index & mask).astype(jnp.int32)
-    index = jnp.where(np.asarray(layout.dense)[:, None], dense_index, hash_index)
+    weight = _corners(jnp.stack([1.0 - fraction, fraction], -1), jnp.multiply)
+    vertex = lower.astype(jnp.int32)[..., None] + np.array([0, 1], np.int32)  # (B, L, d, 2)
+    if periodic.any():
+        vertex = jnp.where(periodic[:, None], vertex % np.maximum(resolution, 1)[..., None], vertex)
+    n_dense = sum(layout.dense)
+    if any(layout.dense[n_dense:]):
+        raise ValueError(f"grid {layout.name}: dense levels must precede hashed ones, got {layout.dense}")
+    parts = []
+    if n_dense:
+        stride = np.asarray(layout.stride, np.int32)[:n_dense, :, None]
+        parts.append(_corners(vertex[:, :n_dense] * stride, jnp.add))
+    if n_dense < layout.levels:
+        primes = np.asarray(PRIMES[: layout.dim], np.uint32)[:, None]
+        hashed = _corners(vertex[:, n_dense:].astype(jnp.uint32) * primes, jnp.bitwise_xor)
+        mask = np.asarray(layout.size[n_dense:], np.uint32) - np.uint32(1)  # powers of two
+        parts.append((hashed & mask[:, None]).astype(jnp.int32))
+    index = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
     return index + np.asarray(layout.offset, np.int32)[:, None], weight
 
 
