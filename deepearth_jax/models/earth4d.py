@@ -345,7 +345,7 @@ class Earth4DNormalizer:
         (a fraction of the extent on each side, at least 1 km and 30 days). Raises ValueError on no finite
         points."""
         lat, lon = np.asarray(latitude, np.float64), np.asarray(longitude, np.float64)
-        days = np.asarray(decimal_days(jnp.asarray(np.asarray(time, np.float32)))[0], np.float64)
+        days = np.asarray(jax.jit(decimal_days)(jnp.asarray(time, jnp.float32))[0], np.float64)
         ok = np.isfinite(lat) & np.isfinite(lon) & np.isfinite(days)
         if not ok.any():
             raise ValueError("Earth4DNormalizer.fit: no point with a finite latitude, longitude and date")
