@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +74,23 @@ class Earth4DConfig:
             low, high = getattr(self, f"{name}_resolution")
             if not 1.0 < low <= high:
                 raise ValueError(f"{name}_resolution must satisfy 1 < coarsest <= finest, got {(low, high)}")
+
+
+DEFAULT_CONFIG = Earth4DConfig()
+
+
+def as_config(value: Earth4DConfig | Mapping[str, Any] | None) -> Earth4DConfig:
+    """An `Earth4DConfig` from itself, a mapping of some of its fields (a ConfigDict: sequences become
+    tuples), or None (the defaults). Unknown fields raise ValueError."""
+    if value is None:
+        return DEFAULT_CONFIG
+    if isinstance(value, Earth4DConfig):
+        return value
+    fields = {f.name for f in dataclasses.fields(Earth4DConfig)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"unknown Earth4D config fields {unknown}; known: {sorted(fields)}")
+    return Earth4DConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,8 +276,8 @@ class Earth4D(nnx.Module):
     `(entries, features)` float32.
     """
 
-    def __init__(self, config: Earth4DConfig = Earth4DConfig(), *, rngs: nnx.Rngs):
-        self.config = config
+    def __init__(self, config: Earth4DConfig | Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):
+        config = self.config = as_config(config)
         self.layouts = build_layouts(config)
         entries = table_entries(self.layouts)
         self.table = nnx.Param(table_init(rngs.params(), (entries, config.features)))
