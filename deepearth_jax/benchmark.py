@@ -16,6 +16,8 @@ BENCHMARKS = {
     "data": "input pipeline vs a raw np.memmap gather of the same rows (samples/s, GB/s)",
     "step": "jit train step vs PyTorch eager for the same model and optimizer (us/step, samples/s)",
     "convert": "store conversion vs a plain pyarrow read of the same files (MB/s, peak RSS)",
+    "encoder": "Earth4D forward+backward, jit JAX vs the PyTorch implementation (us/call)",
+    "field": "fit a synthetic f(x, y, t) with Earth4D + MLP vs random Fourier features (held-out PSNR)",
 }
 
 
