@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_benchmark.sh OUTDIR
 #
-# Writes OUTDIR/{env.txt, data_vision.json, step_language.json, step_vision.json, step_mae.json,
+# Writes OUTDIR/{env.txt, data_vision.json, step_language.json, step_vision.json, step_mae.json, encoder.json,
 # train_vision_stream.json} and a log per benchmark. Wheels in ./.whl (for a machine without network access)
 # are installed first when present. Environment: STORE (default /tmp/deepearth_bench_store), ROWS (full-shape
 # observations to synthesize, default 512 = 6.6 GB float16), TORCH=0 to skip the PyTorch comparison.
@@ -46,6 +46,9 @@ python3 -m deepearth_jax.benchmark step --config configs/vision.py --config.mode
 python3 -m deepearth_jax.benchmark step --config configs/mae.py --config.demo.vision_shape="(8,24,24,1408)" \
   --config.demo.language_dim=7168 --batch-sizes 32,64 \
   --steps-per-call 1,16 --max-batch-gb 32 $COMPARE --json "$OUT/step_mae.json" 2>&1 | tee "$OUT/step_mae.log"
+
+# The Earth4D space-time encoder, forward+backward, JAX vs the PyTorch implementation of the same encoding.
+python3 -m deepearth_jax.benchmark encoder --points 65536 $COMPARE --json "$OUT/encoder.json" 2>&1 | tee "$OUT/encoder.log"
 
 # End to end: streamed full-token vision training (reads the store every step).
 python3 -m deepearth_jax.train --config configs/vision.py --workdir /tmp/deepearth_bench_run \
