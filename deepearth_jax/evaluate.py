@@ -1,6 +1,6 @@
 """Evaluates a trained run's best (or latest) checkpoint and writes a report beside it.
 
-    python -m deepearth_jax.evaluate --workdir DIR [--split test|validation|train] [--checkpoint best|N]
+    python -m deepearth_jax.evaluate --workdir DIR [--split SUBSET] [--checkpoint best|latest|N]
 
 `best` (the default) is the checkpoint selected on validation by the run's best_metric, never by test.
 Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species; 95% bootstrap
