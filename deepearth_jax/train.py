@@ -97,7 +97,9 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
         closing.callback(writer.close)
         state, step = _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta)
-        tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
+        tested = {"best": {}, "final": {}}  # a stopped run is tested when it completes
+        if step >= data_in.total_steps:
+            tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
         return _finish(
             config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested
         )
