@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = -1  # -1 = at the end of every epoch
     c.checkpoint_every_steps = 200
-    c.best_metric = "test/top1"
+    c.best_metric = "validation/top1"  # never test/...: selection must not see the test set
     c.best_mode = "max"  # max | min
     c.seed = 0
 

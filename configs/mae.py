@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = 100
     c.batch_size = 32
     c.num_epochs = 10
-    c.best_metric = "test/retrieval_top1"
+    c.best_metric = "validation/retrieval_top1"
     if arg.tiny:
         common.tiny(c)
         c.model.shared_dim = 32

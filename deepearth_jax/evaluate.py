@@ -1,8 +1,10 @@
 """Evaluates a trained run's best (or latest) checkpoint and writes a report beside it.
 
-    python -m deepearth_jax.evaluate --workdir DIR [--split test|train] [--checkpoint best|latest|STEP]
+    python -m deepearth_jax.evaluate --workdir DIR [--split SUBSET] [--checkpoint best|latest|N]
 
-Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species),
+`best` (the default) is the checkpoint selected on validation by the run's best_metric, never by test.
+Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species; 95% bootstrap
+intervals `<metric>_ci: [lo, hi]` beside top-1 and top-5),
 `per_species.csv`, `confusion.png` (the most frequent species), and `predictions.parquet` (one row per
 observation).
 """
@@ -37,7 +39,7 @@ def _checkpointer_for(workdir: Path) -> tuple[checkpoint_lib.Checkpointer, dict]
     directory = workdir / "checkpoints"
     if not directory.is_dir():
         raise TrainError(f"no checkpoints in {workdir} (expected {directory}); train first")
-    probe = checkpoint_lib.Checkpointer(directory, best_metric="test/top1", async_save=False)
+    probe = checkpoint_lib.Checkpointer(directory, best_metric="validation/top1", async_save=False)
     latest = probe.latest_step()
     if latest is None:
         probe.close()
@@ -45,9 +47,14 @@ def _checkpointer_for(workdir: Path) -> tuple[checkpoint_lib.Checkpointer, dict]
     meta = probe.restore_meta(latest)
     probe.close()
     config = meta["config"]
+    # Runs from before validation existed named a test metric: select on its validation counterpart (they
+    # have none, so `best` falls back to the latest checkpoint) rather than on the test set.
+    best_metric = config["best_metric"]
+    if best_metric.startswith("test/"):
+        best_metric = "validation/" + best_metric.split("/", 1)[1]
     return (
         checkpoint_lib.Checkpointer(
-            directory, best_metric=config["best_metric"], best_mode=config["best_mode"], async_save=False
+            directory, best_metric=best_metric, best_mode=config["best_mode"], async_save=False
         ),
         meta,
     )
@@ -118,7 +125,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
         state_sharding=state_sharding,
         constants=tasks.from_config(config).eval_constants(data.store),
     )
-    evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split)
+    evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split, intervals=True)
     result = evaluator.run(state)
     out_dir = workdir / f"eval_{split}"
     if jax.process_index() == 0:
@@ -126,7 +133,13 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
         _write_report(out_dir, data, evaluator, result, step)
         print(
             f"step {step}: "
-            + json.dumps({k: round(v, 4) for k, v in result.metrics.items() if k.count("/") == 1})
+            + json.dumps(
+                {
+                    k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)
+                    for k, v in result.metrics.items()
+                    if k.count("/") == 1
+                }
+            )
         )
         print(f"wrote {out_dir}")
     return result.metrics
@@ -171,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", required=True, type=Path, help="the run directory given to train")
     parser.add_argument(
-        "--split", default="test", choices=("test", "train"), help="which subset (default test)"
+        "--split",
+        default="test",
+        choices=evaluation_lib.SUBSETS,
+        help="which subset (default test; validation is what selected the checkpoint)",
     )
     parser.add_argument(
         "--checkpoint",
         default="best",
-        help="best (by the config's best_metric, default), latest, or a step number",
+        help="best (by the config's validation best_metric, default), latest, or a step number",
     )
     args = parser.parse_args(argv)
     setup_logging(timestamps=True)

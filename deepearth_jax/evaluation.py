@@ -12,28 +12,46 @@ import jax
 import ml_collections
 import numpy as np
 
+from deepearth_jax import metrics as metrics_lib
 from deepearth_jax import parallel, tasks
 from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.split.reasons import reason_group  # temporal, spatial, fold, buffer, ...
 
 log = logging.getLogger(__name__)
 
+SUBSETS = ("validation", "test", "train")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
 
 @dataclasses.dataclass
 class EvalResult:
-    """Metrics (`{"test/top1": ...}`) and per-example outputs (host numpy, padding removed)."""
+    """Metrics (`{"validation/top1": ...}`) and per-example outputs (host numpy, padding removed)."""
 
     metrics: dict
     outputs: dict  # "row" (N,) store rows + every per-example output of the eval step
 
 
 class Evaluator:
-    """Runs the jitted eval step over the test rows (or others) and reduces the outputs to metrics."""
+    """Runs the jitted eval step over the validation rows (or others) and reduces the outputs to metrics."""
 
-    def __init__(self, config: ml_collections.ConfigDict, data, eval_step, mesh, subset: str = "test"):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        data,
+        eval_step,
+        mesh,
+        subset: str = "validation",
+        intervals: bool = False,
+    ):
+        """`subset`: validation (selection during training), test (reports) or train; `intervals` adds
+        95% bootstrap intervals (`<name>_ci: [lo, hi]`) beside each of the task's `example_scores`."""
+        if subset not in SUBSETS:
+            raise ValueError(f"unknown subset {subset!r}; known: {', '.join(SUBSETS)}")
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
+        self.intervals = intervals
         self.task = tasks.from_config(config)
-        self.rows = data.test_rows if subset == "test" else data.train_rows
+        self.rows = getattr(data, f"{subset}_rows")
         fold = None if config.fold < 0 else int(config.fold)
         reasons = (
             data.split.reason_of_rows(data.store, self.rows, fold=fold)
@@ -101,6 +119,12 @@ class Evaluator:
                 return
             result.update({f"{name}/{k}": v for k, v in self.task.summarize(part).items()})
             result[f"{name}/count"] = float(len(part["row"]))
+            if self.intervals:
+                for k, values in self.task.example_scores(part).items():
+                    low, high = metrics_lib.bootstrap_ci(
+                        values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED
+                    )
+                    result[f"{name}/{k}_ci"] = [low, high]
 
         add(prefix)
         for group in sorted(set(groups.tolist())):

@@ -78,8 +78,9 @@ class Data:
 
     store: store_lib.Store
     split: split_lib.Split
-    train_rows: np.ndarray  # store table rows, usable in the configured mode
+    train_rows: np.ndarray  # store table rows, usable in the configured mode (validation rows excluded)
     test_rows: np.ndarray
+    validation_rows: np.ndarray  # carved from the holdout's training rows (docs/SPLITS.md); selection only
     label_map: np.ndarray  # (num_store_species,) int32: store species index -> class, -1 = unseen in training
     class_species: np.ndarray  # (C,) store species index of each class
     class_names: list[str]
@@ -126,15 +127,18 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     modes.check_mode(config.mode)
     store_path, split_path = _locate(config, Path(workdir))
     store = store_lib.open_store(store_path)
-    split = split_lib.load_split(split_path)
+    # Old split files (v1, cached demo splits) get the validation set make_split would have written.
+    split = split_lib.with_validation(split_lib.load_split(split_path), store)
     fold = None if config.fold < 0 else int(config.fold)
-    train_rows = split.rows(store, "train", fold=fold, allow_missing=config.allow_missing)
-    test_rows = split.rows(store, "test", fold=fold, allow_missing=config.allow_missing)
+    subsets = {
+        name: split.rows(store, name, fold=fold, allow_missing=config.allow_missing)
+        for name in ("train", "validation", "test")
+    }
     modes.check_store(store, config.mode)
-    dropped = len(train_rows) + len(test_rows)
-    train_rows = pipeline.usable_rows(store, train_rows, config.mode)
-    test_rows = pipeline.usable_rows(store, test_rows, config.mode)
-    dropped -= len(train_rows) + len(test_rows)
+    dropped = sum(len(r) for r in subsets.values())
+    subsets = {name: pipeline.usable_rows(store, r, config.mode) for name, r in subsets.items()}
+    dropped -= sum(len(r) for r in subsets.values())
+    train_rows, validation_rows, test_rows = subsets["train"], subsets["validation"], subsets["test"]
     if dropped:
         log.info(
             "%d split observations lack the embeddings mode %r needs and are left out", dropped, config.mode
@@ -154,6 +158,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
         split=split,
         train_rows=train_rows,
         test_rows=test_rows,
+        validation_rows=validation_rows,
         label_map=label_map,
         class_species=class_species,
         class_names=[names[i] for i in class_species],
@@ -203,8 +208,9 @@ def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     if config.device_epochs:
         total_steps = math.ceil(total_steps / steps_per_epoch) * steps_per_epoch
     log.info(
-        "data: %d train / %d test examples, %d classes, %d steps per epoch, %d steps",
+        "data: %d train / %d validation / %d test examples, %d classes, %d steps per epoch, %d steps",
         len(data.train_rows),
+        len(data.validation_rows),
         len(data.test_rows),
         len(data.class_names),
         steps_per_epoch,

@@ -57,3 +57,60 @@ def balanced_accuracy(
     hits = np.bincount(inverse, weights=correct.astype(np.float64), minlength=len(present))
     support = np.bincount(inverse, minlength=len(present))
     return float(np.mean(hits / support))
+
+
+def _resample_means(columns: list[np.ndarray], resamples: int, seed: int, chunk: int = 1 << 22) -> list:
+    """Means of each column over the same `resamples` bootstrap draws of example indices (vectorised)."""
+    n = len(columns[0])
+    rng = np.random.default_rng(seed)
+    means = [np.empty(resamples) for _ in columns]
+    per_chunk = max(1, chunk // max(n, 1))
+    for start in range(0, resamples, per_chunk):
+        stop = min(resamples, start + per_chunk)
+        index = rng.integers(0, n, size=(stop - start, n))
+        for column, out in zip(columns, means, strict=True):
+            out[start:stop] = column[index].mean(axis=1)
+    return means
+
+
+def _percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-example `values` (e.g. top-1 hits as 0/1).
+
+    Examples are resampled with replacement `resamples` times with a fixed `seed`, so the same outputs give
+    the same interval. NaN bounds when there are no examples.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    (draws,) = _resample_means([values], resamples, seed)
+    return _percentile_interval(draws, level)
+
+
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, *, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) for two models scored on the same examples.
+
+    Both are resampled with the same example indices, so what the examples share cancels (the paired test
+    of a gain, e.g. fusion over a single modality). NaN bounds when there are no examples.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if len(a) != len(b):
+        raise ValueError(f"paired examples differ in number: {len(a)} and {len(b)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    (draws,) = _resample_means([a - b], resamples, seed)
+    return _percentile_interval(draws, level)

@@ -37,28 +37,26 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_curves(rows: list[dict], out: str | Path, title: str = "training curves") -> Path:
-    """Loss and accuracies against epoch, train and test, in one PNG.
+    """Loss and accuracies against epoch, train and validation (what the loop evaluates), in one PNG.
 
-    Panels: losses (train/test), top-1 and top-5 (train/test, and the temporal/spatial test breakdown when
-    present), and, for the masked autoencoder, retrieval accuracy.
+    Panels: losses, top-1 and top-5 (and the temporal/spatial breakdown when present), and, for the masked
+    autoencoder, retrieval accuracy. Older runs' `test/...` curves are drawn the same way.
     """
     keys = {k for r in rows for k in r}
-    panels = [("loss", [k for k in ("train/loss", "test/loss") if k in keys])]
-    acc = [
-        k
-        for k in ("train/top1", "test/top1", "test/top5", "test/temporal/top1", "test/spatial/top1")
-        if k in keys
-    ]
+    evals = [s for s in ("validation", "test") if f"{s}/count" in keys]
+    panels = [("loss", [k for k in ("train/loss", *(f"{s}/loss" for s in evals)) if k in keys])]
+    per_subset = ("top1", "top5", "temporal/top1", "spatial/top1")
+    acc = [k for k in ("train/top1", *(f"{s}/{m}" for s in evals for m in per_subset)) if k in keys]
     if acc:
         panels.append(("accuracy", acc))
     retrieval = sorted(k for k in keys if "retrieval" in k and k.endswith(("top1", "top5")))
     if retrieval:
         panels.append(("retrieval accuracy", retrieval))
-    recon = sorted(k for k in keys if k.startswith("test/") and "recon" in k)
+    recon = sorted(k for k in keys if k.startswith(("validation/", "test/")) and "recon" in k)
     if recon:
-        panels.append(("test reconstruction", recon))
+        panels.append(("reconstruction", recon))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
-    styles = {"train": "-", "test": "--"}
+    styles = {"train": "-", "validation": "--", "test": ":"}
     for ax, (name, series_keys) in zip(axes[0], panels, strict=True):
         for key in series_keys:
             x, y = _series(rows, key)

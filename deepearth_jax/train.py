@@ -61,6 +61,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
     parallel.check_global_batch(config.batch_size, mesh)
     if config.steps_per_call < 1:
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+    check_best_metric(config.best_metric)
     with contextlib.ExitStack() as closing:
         data_in = inputs.create_inputs(config, workdir)
         closing.callback(data_in.close)
@@ -96,7 +97,35 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
         closing.callback(writer.close)
         state, step = _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta)
-        return _finish(config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time)
+        tested = {"best": {}, "final": {}}  # a stopped run is tested when it completes
+        if step >= data_in.total_steps:
+            tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
+        return _finish(
+            config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested
+        )
+
+
+def check_best_metric(name: str) -> None:
+    """Refuses choosing checkpoints by a test metric: the test set would then no longer be held out."""
+    if name.split("/")[0] == "test":
+        raise TrainError(
+            f"best_metric {name!r} would select checkpoints on the test set and make its test numbers "
+            f"optimistic; use --config.best_metric=validation/{name.split('/', 1)[-1]}"
+        )
+
+
+def _test_selected_and_final(config, data, eval_step, mesh, state, step: int, checkpointer) -> dict:
+    """`{"best": test metrics, "final": test metrics}` with bootstrap intervals; the only test evaluations.
+
+    The selected checkpoint is the best by `config.best_metric` (validation); the final one is `state`.
+    """
+    tester = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset="test", intervals=True)
+    final = tester.evaluate(state)
+    best_step = checkpointer.best_step()
+    if best_step is None or best_step == step:
+        return {"best": final, "final": final}
+    best_state, _, _ = checkpointer.restore(best_step, state)
+    return {"best": tester.evaluate(best_state), "final": final}
 
 
 def _meta(config: ml_collections.ConfigDict, data: inputs.Data) -> dict:
@@ -212,9 +241,10 @@ def _log(config, writer, bar, metrics, step: int, epoch: float, clock: dict, las
 
 
 def _finish(
-    config, workdir: Path, data, state, checkpointer, step: int, total_steps: int, start_time
+    config, workdir: Path, data, state, checkpointer, step: int, total_steps: int, start_time, tested: dict
 ) -> dict:
-    """summary.json and curves.png (process 0)."""
+    """summary.json and curves.png (process 0): "best" is the checkpoint selected on validation with its test
+    metrics, "final" the last step's; test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
     from deepearth_jax import plots
 
     path = workdir / "metrics.jsonl"
@@ -222,8 +252,12 @@ def _finish(
     final = {}
     for row in rows:
         final.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
+    final.update(tested["final"])
     best_step = checkpointer.best_step()
-    best = {} if best_step is None else {"step": best_step, **(checkpointer.manager.metrics(best_step) or {})}
+    best = {"step": int(step) if best_step is None else best_step, "selected_by": config.best_metric}
+    if best_step is not None:
+        best.update(checkpointer.manager.metrics(best_step) or {})
+    best.update(tested["best"])
     train_rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r]
     summary = {
         "config": json.loads(config.to_json()),
@@ -244,10 +278,22 @@ def _finish(
         if rows:
             plots.plot_curves(rows, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
-        if final:
-            shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test/") and k.count("/") == 1}
-            print(f"final: {shown}", flush=True)
+        for name, row in (("best", best), ("final", final)):
+            print(f"{name} (step {row.get('step', step)}): {_headline(row)}", flush=True)
     return summary
+
+
+def _headline(row: dict) -> str:
+    """`test/top1=0.654 [0.630, 0.677], validation/top1=...`: the overall metrics of a summary entry."""
+    parts = []
+    for key, value in row.items():
+        if key.count("/") != 1 or key.endswith("_ci") or not key.startswith(("test/", "validation/")):
+            continue
+        if key.endswith("/count") or not isinstance(value, float):
+            continue
+        ci = row.get(f"{key}_ci")
+        parts.append(f"{key}={value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------

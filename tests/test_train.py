@@ -61,9 +61,12 @@ def test_each_config_trains_and_reports(tiny_data, tmp_path, name):
     rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
     assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
-    final_eval = [r for r in rows if "test/count" in r][-1]
-    expected = "test/retrieval_top1" if name == "mae" else "test/top1"
-    assert 0.0 <= final_eval[expected] <= 1.0
+    assert not any("test/count" in r for r in rows)  # the loop evaluates on validation only
+    metric = "retrieval_top1" if name == "mae" else "top1"
+    assert 0.0 <= [r for r in rows if "validation/count" in r][-1][f"validation/{metric}"] <= 1.0
+    for entry in (summary["best"], summary["final"]):
+        low, high = entry[f"test/{metric}_ci"]
+        assert low <= entry[f"test/{metric}"] <= high
     assert (tmp_path / "w" / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "w" / "summary.json").exists()
     assert any((tmp_path / "w" / "tensorboard").iterdir())
@@ -266,11 +269,7 @@ def test_block_cv_fold_is_the_test_set(tiny_data, tmp_path):
     split = split_lib.load_split(folds_path)
     for fold in (0, 2):
         config = tiny_config("vision", store, folds_path, num_steps=2, fold=fold)
-        train_lib.train_and_evaluate(config, tmp_path / f"w{fold}")
-        rows = [
-            json.loads(line) for line in (tmp_path / f"w{fold}" / "metrics.jsonl").read_text().splitlines()
-        ]
-        final = [r for r in rows if "test/count" in r][-1]
+        final = train_lib.train_and_evaluate(config, tmp_path / f"w{fold}")["final"]
         test_rows = split.rows(opened, "test", fold=fold)
         train_rows = split.rows(opened, "train", fold=fold)
         assert not set(test_rows.tolist()) & set(train_rows.tolist())

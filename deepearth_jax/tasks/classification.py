@@ -63,6 +63,15 @@ def summarize(out: dict) -> dict:
     return result
 
 
+def example_scores(out: dict) -> dict:
+    """Per-example 0/1 hits of top1 and top5 (the means `summarize` reports), for bootstrap intervals."""
+    labels, top = out["labels"], out["top5"]
+    return {
+        "top1": metrics_lib.topk_correct(top, labels, k=1),
+        "top5": metrics_lib.topk_correct(top, labels, k=min(TOP_K, top.shape[1])),
+    }
+
+
 def prediction_columns(out: dict, species_names: np.ndarray, class_names: np.ndarray) -> dict:
     top = out["top5"]
     return {

@@ -64,6 +64,15 @@ def summarize(out: dict) -> dict:
     return result
 
 
+def example_scores(out: dict) -> dict:
+    """Per-example 0/1 hits of retrieval_top1 and retrieval_top5, for bootstrap intervals."""
+    species, top = out["species"], out["retrieval_top5"]
+    return {
+        "retrieval_top1": metrics_lib.topk_correct(top, species, k=1),
+        "retrieval_top5": metrics_lib.topk_correct(top, species, k=min(TOP_K, top.shape[1])),
+    }
+
+
 def prediction_columns(out: dict, species_names: np.ndarray, class_names: np.ndarray) -> dict:
     top = out["retrieval_top5"]
     return {
