@@ -106,6 +106,10 @@ def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Pat
             log.info("no split_file configured: writing the default spatiotemporal split to %s", split_path)
             if jax.process_index() == 0:
                 split_lib.write_split(split_lib.make_split(store_lib.open_store(store_path)), split_path)
+        if jax.process_count() > 1:  # the others read it only once process 0 has written it
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"default split {split_path}")
     if not Path(split_path).exists():
         raise TrainError(f"split file {split_path} does not exist")
     return store_path, Path(split_path)
