@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -69,6 +71,22 @@ def _from_saveable(restored: Any, template: Any) -> Any:
         return r
 
     return jax.tree.map(leaf, restored, template)
+
+
+@jax.jit
+def _finite(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(state: Any) -> bool:
+    """Whether every floating-point leaf of `state` (parameters, optimizer moments) is finite.
+
+    One jitted reduction on device; only the resulting bool crosses to the host.
+    """
+    leaves = [
+        x for x in jax.tree.leaves(state) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return True if not leaves else bool(_finite(leaves))
 
 
 class Checkpointer:
@@ -185,15 +203,68 @@ class Checkpointer:
 def restore_same_run(
     checkpointer: Checkpointer, state: Any, meta: dict, workdir: Path
 ) -> tuple[Any, dict, int]:
-    """`(state, data_state, step)` of the latest checkpoint, or `(state, {}, 0)` when there is none.
+    """`(state, data_state, step)` of the newest intact, finite checkpoint, or `(state, {}, 0)` when none.
+
+    A damaged or non-finite newer checkpoint is skipped with a warning naming its path and moved to
+    `checkpoints.damaged/`; ValueError when every checkpoint is damaged.
 
     Raises ValueError when the checkpoint belongs to another run: a config differing beyond
     RESUMABLE_CHANGES, or another species map (`meta["class_species"]`).
     """
-    latest = checkpointer.latest_step()
-    if latest is None:
+    steps = sorted(checkpointer.manager.all_steps(), reverse=True)
+    if not steps:
         return state, {}, 0
-    saved = checkpointer.restore_meta(latest)
+    for step in steps:
+        why = _why_unusable(checkpointer, step, state, meta, workdir)
+        if isinstance(why, str):
+            log.warning("checkpoint %s is damaged: %s", checkpointer.directory / str(step), why)
+            continue
+        _set_aside(checkpointer, [s for s in steps if s > step])
+        restored, data_state = why
+        return restored, data_state, step
+    raise ValueError(
+        f"no intact checkpoint in {checkpointer.directory} (tried steps {steps}); "
+        "move it away or use another --workdir"
+    )
+
+
+def _why_unusable(checkpointer: Checkpointer, step: int, state: Any, meta: dict, workdir: Path):
+    """`(state, data_state)` of `step`, or why it cannot be resumed (damaged files, non-finite values)."""
+    try:
+        saved = checkpointer.restore_meta(step)
+    except Exception as e:  # noqa: BLE001 - any damage (truncated JSON, missing files) means "skip it"
+        return f"unreadable metadata ({type(e).__name__})"
+    _check_same_run(saved, meta, workdir)
+    try:
+        restored, data_state, _ = checkpointer.restore(step, state)
+    except Exception as e:  # noqa: BLE001
+        return f"unreadable state ({type(e).__name__}: {str(e)[:200]})"
+    if not all_finite(restored):
+        return "non-finite parameters"
+    return restored, data_state
+
+
+def _set_aside(checkpointer: Checkpointer, steps: list[int]) -> None:
+    """Moves unusable checkpoints to `checkpoints.damaged/` (kept for inspection), so their steps can be
+    saved again; process 0 moves, every process then rereads the directory."""
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        aside = checkpointer.directory.with_name(checkpointer.directory.name + ".damaged")
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+            (checkpointer.directory / str(step)).rename(target)
+            log.warning("moved the damaged checkpoint of step %d to %s", step, target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("damaged checkpoints set aside")
+    checkpointer.manager.reload()
+
+
+def _check_same_run(saved: dict, meta: dict, workdir: Path) -> None:
+    """ValueError when `saved` belongs to another run (config beyond RESUMABLE_CHANGES or species map)."""
     changed = sorted(
         k
         for k in set(saved["config"]) | set(meta["config"])
@@ -206,8 +277,6 @@ def restore_same_run(
         )
     if saved["class_species"] != meta["class_species"]:
         raise ValueError(f"workdir {workdir} was trained with another species map (another store or split)")
-    state, data_state, _ = checkpointer.restore(latest, state)
-    return state, data_state, latest
 
 
 class StopOnSigterm:

@@ -27,6 +27,7 @@ from deepearth_jax import parallel
 from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,14 @@ def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Pat
             log.info("no split_file configured: writing the default spatiotemporal split to %s", split_path)
             if jax.process_index() == 0:
                 split_lib.write_split(split_lib.make_split(store_lib.open_store(store_path)), split_path)
+        if jax.process_count() > 1:  # the others read it only once process 0 has written it
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"default split {split_path}")
     if not Path(split_path).exists():
         raise TrainError(f"split file {split_path} does not exist")
+    # Every process logs what it read: with several hosts they must agree (tests/test_parallel.py).
+    log.info("split: %s (sha256 %s)", split_path, file_sha256(split_path))
     return store_path, Path(split_path)
 
 

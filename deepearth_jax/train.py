@@ -25,6 +25,7 @@ import numpy as np
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import config_utils, inputs, parallel, steps, tasks, writers
 from deepearth_jax import evaluation as evaluation_lib
+from deepearth_jax import workdir as workdir_lib
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError
 from deepearth_jax.io import progress_bar, write_json_atomic
@@ -45,14 +46,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains and evaluates as `config` says, writing everything into `workdir`; returns the summary."""
     start_time = time.time()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.prepare(workdir)
     dist = config.distributed
     parallel.initialize_distributed(dist.coordinator_address, dist.num_processes, dist.process_id, dist.mode)
     mesh = parallel.make_mesh(config.mesh.data)
     if jax.process_index() == 0:
         print(parallel.describe(mesh), flush=True)
-    # The mesh is the context of every jit, sharding and collective of the run.
-    with jax.set_mesh(mesh):
+    # The mesh is the context of every jit, sharding and collective of the run; process 0 holds the lock.
+    with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), jax.set_mesh(mesh):
         return _run(config, workdir, mesh, start_time)
 
 
@@ -66,6 +67,10 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         data_in = inputs.create_inputs(config, workdir)
         closing.callback(data_in.close)
         data = data_in.data
+        if data_in.total_steps < 1:
+            raise TrainError(
+                f"nothing to train: num_epochs={config.num_epochs}, num_steps={config.num_steps} give 0 steps"
+            )
         # Model and optimizer, parameters created sharded; then the jitted steps.
         graphdef, state = steps.create_train_state(
             config,
@@ -185,7 +190,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     is_main = jax.process_index() == 0
     bar = progress_bar(total, "train", enabled=is_main, unit="step", initial=step, mininterval=1.0)
     metrics = steps.init_metrics(config, mesh)
-    last_saved = checkpointer.latest_step()
+    last_saved = step if step > 0 else None  # restore_same_run resumed only a finite one
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
     try:
         with checkpoint_lib.StopOnSigterm() as stopper:
@@ -206,6 +211,12 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                     writer.write(step, epoch, eval_metrics)
                 due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
                 if due or eval_metrics is not None or stopper.requested:
+                    if not checkpoint_lib.all_finite(state):
+                        raise TrainError(
+                            f"non-finite parameters at step {step}, not saved; last good checkpoint: "
+                            f"step {last_saved if last_saved is not None else 'none'} in "
+                            f"{checkpointer.directory}"
+                        )
                     meta["step"], meta["epoch"] = step, epoch
                     checkpointer.save(
                         step, state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
@@ -326,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def command() -> int:
-        train_and_evaluate(*parse_args(argv))
-        return 0
+        summary = train_and_evaluate(*parse_args(argv))
+        # Only SIGTERM ends the loop early: exit 128 + 15 after saving, so a scheduler requeues the job.
+        return 0 if summary["complete"] else 143
 
     return run_command(command, (TrainError,), "interrupted (the last checkpoint is kept; rerun to resume)")
 

@@ -8,14 +8,41 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _summary_writer_class() -> type:
     from tensorboardX import SummaryWriter
 
     return SummaryWriter
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (power loss, full disk) is dropped with a warning.
+
+    Raises ValueError naming the file and line for a damaged line before the last.
+    """
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not an object with a step")
+        except ValueError as e:
+            if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
+                log.warning("%s: dropping a torn last line %d (%s)", path, number, e)
+                break
+            raise ValueError(f"{path}: line {number} is not a metrics record ({e})") from None
+        records.append(record)
+    return records
 
 
 class MetricWriters:
@@ -29,12 +56,8 @@ class MetricWriters:
         if not enabled:
             return
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= truncate_after
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in read_records(self.path) if line["step"] <= truncate_after]
+            self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
         # tensorboardX imports torch when it is installed (seconds): import it while the first step compiles.
         importer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-tensorboardx")
         self._writer_class = importer.submit(_summary_writer_class)

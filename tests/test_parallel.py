@@ -16,6 +16,7 @@ from deepearth_jax import parallel, steps
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data.synthetic import make_synthetic_store
 from deepearth_jax.evaluate import restore_run
+from deepearth_jax.io import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STEPS = 6
@@ -87,6 +88,7 @@ def test_two_processes_match_one_process(data, tmp_path, one_device_params):
             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
             "--config.distributed.num_processes=2",
             f"--config.distributed.process_id={pid}",
+            "--config.split_file=",  # process 0 writes the default split; process 1 waits at a barrier
         )
         env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
         procs.append(
@@ -99,6 +101,11 @@ def test_two_processes_match_one_process(data, tmp_path, one_device_params):
         assert p.returncode == 0, err[-3000:]
     assert "devices: 2" in outs[0][0] and "processes: 2" in outs[0][0]
     assert "devices:" not in outs[1][0]  # only process 0 reports
+    # Both processes read the one split process 0 wrote (the default split; its rows are the fixture's,
+    # so the parameters below match the one-process run).
+    default = tmp_path / "w2" / "split.json"
+    seen = {err.split(f"split: {default} (sha256 ")[1][:64] for _out, err in outs}
+    assert seen == {file_sha256(default)}
     for a, b in zip(one_device_params, _params(tmp_path / "w2"), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
