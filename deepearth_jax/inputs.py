@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepearth_jax import parallel
+from deepearth_jax import parallel, region
 from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
@@ -149,6 +149,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     label_map = np.full(store.num_species, -1, np.int32)
     label_map[class_species] = np.arange(len(class_species), dtype=np.int32)
     names = store.species_names
+    input_dims = _input_dims(store)
+    if modes.needs_place_and_date(config.mode):
+        input_dims[region.NORMALIZER_KEY] = region.fit_normalizer(store, train_rows)
     return Data(
         store=store,
         split=split,
@@ -157,7 +160,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
         label_map=label_map,
         class_species=class_species,
         class_names=[names[i] for i in class_species],
-        input_dims=_input_dims(store),
+        input_dims=input_dims,
         store_path=str(Path(store_path).absolute()),
         split_path=str(Path(split_path).absolute()),
     )
@@ -217,9 +220,12 @@ def device_training_data(config: ml_collections.ConfigDict, data: Data, mesh) ->
     """The whole training set on device, replicated (for `device_epochs`): species and the mode's input."""
     store, rows = data.store, data.train_rows
     host = {"species": store.column("species_index")[rows].astype(np.int32)}
-    for key in modes.input_keys(config.mode):
+    for key in modes.embedding_keys(config.mode):
         index = store.column(reader.ROW_COLUMN[key])[rows]
         host[key] = np.asarray(reader.source(store, key)[index], np.float32)
+    if modes.needs_place_and_date(config.mode):
+        location, time = region.place_and_date(store, rows)
+        host["location"], host["time"] = location.astype(np.float32), time.astype(np.float32)
     return jax.device_put(host, parallel.replicated(mesh))
 
 
