@@ -47,6 +47,12 @@ def test_geo_configs_train_evaluate_and_report(tiny_data, tmp_path, spec):
     final = [r for r in rows if "test/count" in r][-1]
     assert result["test/top1"] == pytest.approx(final["test/top1"])
     assert 0.0 <= result["test/top5"] <= 1.0
+    final_summary = json.loads((tmp_path / "w" / "summary.json").read_text())["final"]
+    for base in ("baseline_frequency", "baseline_knn"):
+        for k in ("top1", "top5"):
+            assert 0.0 <= final_summary[f"test/{base}/{k}"] <= 1.0
+            assert result[f"test/{base}/{k}"] == final_summary[f"test/{base}/{k}"]
+    assert any(key.endswith("/baseline_knn/top5") and key.count("/") == 3 for key in result)  # per reason
 
 
 def test_geo_k_steps_per_call_and_resume_give_the_same_parameters(tiny_data, tmp_path):
