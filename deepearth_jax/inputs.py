@@ -39,10 +39,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPEARTH_CACHE", Path.home() / ".cache" / "deepearth_jax"))
 
 
+def demo_cache_key(demo: ml_collections.ConfigDict) -> str:
+    """12 hex digits of the demo config and the generator version (a new generator never reuses a cache)."""
+    spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in demo.to_dict().items()}
+    spec["generator_version"] = synthetic.GENERATOR_VERSION
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def demo_store(demo: ml_collections.ConfigDict) -> tuple[Path, Path]:
     """Builds (once, cached) the demo store and its default split; returns `(store_dir, split_file)`."""
-    spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in demo.to_dict().items()}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    key = demo_cache_key(demo)
     root = default_cache_dir()
     store_dir, split_file = root / f"demo-{key}", root / f"demo-{key}.split.json"
     manifest = store_dir / store_lib.MANIFEST_FILE
