@@ -17,16 +17,18 @@ LOSS_TASKS = {"softmax": "classification", "sinr": "geo_presence"}
 
 
 def encoder_config(tiny: bool):
-    """Earth4D sizes: the module's defaults (a ~100 km region over ~15 years), fewer and smaller when tiny."""
+    """Earth4D sizes for the data: coarse space (2..32 cells), nearly no absolute time, 4..32-cell season."""
     import ml_collections
 
     e = ml_collections.ConfigDict()
-    e.levels = 4 if tiny else 12
+    # Coarse on purpose: a few thousand observations cannot fill 50 m cells, and a held-out year lies beyond
+    # every trained time cell: fine grids only memorise (demo: train top-1 0.92, test 0.03 at 1024/512 cells).
+    e.levels = 4 if tiny else 6
     e.features = 2
-    e.log2_table_size = 10 if tiny else 15
-    e.spatial_resolution = (8.0, 64.0) if tiny else (8.0, 1024.0)
-    e.time_resolution = (4.0, 64.0) if tiny else (4.0, 512.0)
-    e.doy_resolution = (4.0, 32.0) if tiny else (4.0, 64.0)
+    e.log2_table_size = 10 if tiny else 14
+    e.spatial_resolution = (4.0, 64.0) if tiny else (2.0, 32.0)
+    e.time_resolution = (1.5, 2.0)
+    e.doy_resolution = (4.0, 32.0)
     return e
 
 
@@ -40,11 +42,13 @@ def get_config(arg: str | None = None):
     c.model.name = "geo_prior"
     c.model.hidden = (256,)
     c.model.blocks = 2
-    c.model.dropout = 0.1
+    c.model.dropout = 0.3
     c.model.encoder = encoder_config(arg.tiny)
+    c.optimizer.name = "adamw"
     c.optimizer.lr = 1e-3
+    c.optimizer.weight_decay = 1e-4
     c.batch_size = 64
-    c.num_epochs = 30
+    c.num_epochs = 15
     if arg.tiny:
         common.tiny(c)
         c.model.hidden = (32,)
