@@ -12,8 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from deepearth_jax import baselines, parallel, tasks
 from deepearth_jax import metrics as metrics_lib
-from deepearth_jax import parallel, tasks
 from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.split.reasons import reason_group  # temporal, spatial, fold, buffer, ...
 
@@ -63,6 +63,7 @@ class Evaluator:
         order = np.argsort(self.rows, kind="stable")
         self._sorted_rows = self.rows[order]
         self._sorted_groups = np.asarray([reason_group(r) for r in reasons.tolist()], dtype=object)[order]
+        self._baselines: baselines.Baselines | None = None  # built at the first classifier evaluation
 
     def groups_of(self, rows: np.ndarray) -> np.ndarray:
         """The reason group (temporal, spatial, fold, ...) of each of `rows` (all from this subset)."""
@@ -125,6 +126,11 @@ class Evaluator:
                         values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED
                     )
                     result[f"{name}/{k}_ci"] = [low, high]
+            if getattr(self.task, "BASELINES", False):  # the frequency and kNN baselines on the same rows
+                if self._baselines is None:
+                    self._baselines = baselines.Baselines(self.data, self.rows)
+                for base, values in self._baselines.metrics(part["row"], part["labels"]).items():
+                    result.update({f"{name}/{base}/{k}": v for k, v in values.items()})
 
         add(prefix)
         for group in sorted(set(groups.tolist())):

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepearth_jax import parallel
+from deepearth_jax import parallel, region
 from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
@@ -40,10 +40,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPEARTH_CACHE", Path.home() / ".cache" / "deepearth_jax"))
 
 
+def demo_cache_key(demo: ml_collections.ConfigDict) -> str:
+    """12 hex digits of the demo config and the generator version (a new generator never reuses a cache)."""
+    spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in demo.to_dict().items()}
+    spec["generator_version"] = synthetic.GENERATOR_VERSION
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def demo_store(demo: ml_collections.ConfigDict) -> tuple[Path, Path]:
     """Builds (once, cached) the demo store and its default split; returns `(store_dir, split_file)`."""
-    spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in demo.to_dict().items()}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    key = demo_cache_key(demo)
     root = default_cache_dir()
     store_dir, split_file = root / f"demo-{key}", root / f"demo-{key}.split.json"
     manifest = store_dir / store_lib.MANIFEST_FILE
@@ -160,6 +166,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     label_map = np.full(store.num_species, -1, np.int32)
     label_map[class_species] = np.arange(len(class_species), dtype=np.int32)
     names = store.species_names
+    input_dims = _input_dims(store)
+    if modes.needs_place_and_date(config.mode):
+        input_dims[region.NORMALIZER_KEY] = region.fit_normalizer(store, train_rows)
     return Data(
         store=store,
         split=split,
@@ -169,7 +178,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
         label_map=label_map,
         class_species=class_species,
         class_names=[names[i] for i in class_species],
-        input_dims=_input_dims(store),
+        input_dims=input_dims,
         store_path=str(Path(store_path).absolute()),
         split_path=str(Path(split_path).absolute()),
     )
@@ -230,9 +239,12 @@ def device_training_data(config: ml_collections.ConfigDict, data: Data, mesh) ->
     """The whole training set on device, replicated (for `device_epochs`): species and the mode's input."""
     store, rows = data.store, data.train_rows
     host = {"species": store.column("species_index")[rows].astype(np.int32)}
-    for key in modes.input_keys(config.mode):
+    for key in modes.embedding_keys(config.mode):
         index = store.column(reader.ROW_COLUMN[key])[rows]
         host[key] = np.asarray(reader.source(store, key)[index], np.float32)
+    if modes.needs_place_and_date(config.mode):
+        location, time = region.place_and_date(store, rows)
+        host["location"], host["time"] = location.astype(np.float32), time.astype(np.float32)
     return jax.device_put(host, parallel.replicated(mesh))
 
 

@@ -6,6 +6,11 @@
 | vision        | vision (B, T, H, W, D)       | vision embeddings              |
 | vision_pooled | vision_pooled (B, D)         | vision embeddings (pooled once) |
 | multimodal    | language, vision             | both                           |
+| geo           | location (B, 3), time (B, 6) | place and date of each row     |
+| vision_geo    | vision_pooled, location, time | vision embeddings              |
+
+`location` and `time` are float32 columns of the observation table, read for every batch; the geo modes keep
+only rows with a finite latitude, longitude and date (`usable_rows`).
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "vision": ("vision",),
     "vision_pooled": ("vision_pooled",),
     "multimodal": ("language", "vision"),
+    "geo": ("location", "time"),
+    "vision_geo": ("vision_pooled", "location", "time"),
 }
+# Batch keys read from the observation table itself (every batch has them), not from an embedding array.
+COORDINATE_KEYS = ("location", "time")
 MODES = tuple(INPUT_KEYS)
 # Modes whose whole training set fits in device memory (one small vector per example).
-DEVICE_EPOCH_MODES = ("language", "vision_pooled")
+DEVICE_EPOCH_MODES = ("language", "vision_pooled", "geo", "vision_geo")
 
 
 def check_mode(mode: str) -> None:
@@ -35,9 +44,19 @@ def input_keys(mode: str) -> tuple[str, ...]:
     return INPUT_KEYS[mode]
 
 
+def embedding_keys(mode: str) -> tuple[str, ...]:
+    """The input keys of `mode` gathered from embedding arrays (its input keys less the coordinates)."""
+    return tuple(k for k in input_keys(mode) if k not in COORDINATE_KEYS)
+
+
 def needs_vision(mode: str) -> bool:
     """Whether `mode` reads vision embeddings (full tokens or pooled), so rows without one are left out."""
-    return mode in ("vision", "vision_pooled", "multimodal")
+    return mode in ("vision", "vision_pooled", "multimodal", "vision_geo")
+
+
+def needs_place_and_date(mode: str) -> bool:
+    """Whether `mode` reads `location` and `time`, so rows without a finite place or date are left out."""
+    return "location" in input_keys(mode)
 
 
 def needs_language(mode: str) -> bool:

@@ -57,12 +57,18 @@ def usable_rows(store: store_lib.Store, rows: np.ndarray, mode: str) -> np.ndarr
 
     Vision modes (`vision`, `vision_pooled`, `multimodal`) drop observations without a vision embedding
     (`vision_row < 0`); language modes keep every row (each observation has a language row). Raises
-    ValueError when the store lacks the array a mode needs, or for rows outside the table.
+    ValueError when the store lacks the array a mode needs, or for rows outside the table. Geo modes drop
+    rows without a finite latitude, longitude, year, month and day.
     """
     modes.check_store(store, mode)
     rows = _check_rows(store, rows)
     if modes.needs_vision(mode):
         rows = rows[store.column("vision_row")[rows] >= 0]
+    if modes.needs_place_and_date(mode):
+        known = np.ones(len(rows), bool)
+        for name in ("latitude", "longitude", "year", "month", "day"):
+            known &= np.isfinite(np.asarray(store.column(name)[rows], np.float64))
+        rows = rows[known]
     return rows
 
 

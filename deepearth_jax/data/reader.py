@@ -116,7 +116,7 @@ class BatchReader:
         )
         self.vision_row = np.ascontiguousarray(col("vision_row"), dtype=np.int64)
         self.language_row = np.ascontiguousarray(col("language_row"), dtype=np.int64)
-        self.sources: dict[str, np.ndarray] = {key: source(store, key) for key in modes.input_keys(mode)}
+        self.sources: dict[str, np.ndarray] = {key: source(store, key) for key in modes.embedding_keys(mode)}
         self.pools = {
             key: _BufferPool((self.batch_size, *source.shape[1:]), source.dtype, pool_capacity)
             for key, source in self.sources.items()

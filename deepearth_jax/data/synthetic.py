@@ -6,7 +6,9 @@ The generative model (all in float32):
   -81.934..-80.902); an observation lies within a couple of km of its site.
 * Species: long-tailed (Zipf) frequencies; each species prefers a few sites (Dirichlet affinities), so a
   held-out region holds a different species mix than the training data.
-* Years 2010..2025, more observations each year (as on iNaturalist).
+* Years 2010..2025, more observations each year (as on iNaturalist). Phenology: each species has a seasonal
+  peak (a day of year) and is observed around it (wrapped normal, sd 30..60 days), so place and date together
+  say which species are likely (a geo prior can beat the frequency baseline; fusion can help vision).
 * Vision: the pooled embedding of an observation is
       species prototype + site effect + year drift + observation noise,
   with prototypes that share a genus component (so related species are confusable). Prototypes, site effects
@@ -47,6 +49,11 @@ from deepearth_jax.io import progress_bar
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever the same config generates different data (the demo store's cache key includes it).
+# 2: species phenology (month and day drawn around a per-species seasonal peak).
+GENERATOR_VERSION = 2
+
+
 FLORIDA_BOX = {"south": 28.033, "north": 28.978, "west": -81.934, "east": -80.902}
 FIRST_YEAR, LAST_YEAR = 2010, 2025
 
@@ -85,6 +92,21 @@ class SyntheticConfig:
             raise ValueError(f"language dim must be >= 1, got {self.language_dim}")
         if not 0.0 < self.vision_fraction <= 1.0:
             raise ValueError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
+
+
+def _phenology_dates(
+    year: np.ndarray, species: np.ndarray, num_species: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(month, day) of each observation: its species' seasonal peak day plus a wrapped normal offset."""
+    peak = rng.uniform(0.0, 365.0, num_species)
+    spread = rng.uniform(30.0, 60.0, num_species)
+    doy = np.mod(peak[species] + rng.normal(0.0, 1.0, len(species)) * spread[species], 365.0).astype(np.int64)
+    first = (np.asarray(year, np.int64) - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+    dates = first + np.minimum(doy, 364)
+    months = dates.astype("datetime64[M]")
+    month = (months.astype(np.int64) % 12 + 1).astype(np.int64)
+    day = (dates - months.astype("datetime64[D]")).astype(np.int64) + 1
+    return month, day
 
 
 class SyntheticDataset:
@@ -140,8 +162,10 @@ class SyntheticDataset:
         lon = site_lon[site] + rng.normal(0, 1.5 * km, n) / np.cos(np.radians(site_lat[site]))
         lat = lat.clip(FLORIDA_BOX["south"], FLORIDA_BOX["north"])
         lon = lon.clip(FLORIDA_BOX["west"], FLORIDA_BOX["east"])
-        month = rng.integers(1, 13, n)
-        day = rng.integers(1, 29, n)
+        # The uniform dates of generator version 1 are still drawn, so every later draw (and so the vision and
+        # language embeddings) is unchanged; the dates come from the species' phenology instead.
+        rng.integers(1, 13, n), rng.integers(1, 29, n)
+        month, day = _phenology_dates(year, species, s, np.random.default_rng([cfg.seed, 5]))
         has_time = rng.random(n) > 0.1
         hour = np.where(has_time, rng.integers(6, 20, n), -1)
         minute = np.where(has_time, rng.integers(0, 60, n), -1)

@@ -8,6 +8,12 @@
 |                     |                            |                   | num_queries, mlp_ratio (4.0)        |
 | mae                 | language + vision(_pooled) | dict (see mae.py) | hidden, dropout, shared_dim,        |
 |                     |                            |                   | mask_ratio                          |
+| geo_prior           | location, time             | logits (B, C)     | hidden (one width), blocks, dropout,|
+|                     |                            |                   | encoder (Earth4DConfig fields)      |
+| vision_geo          | vision_pooled, location,   | logits (B, C)     | hidden, geo_blocks, head, dropout,  |
+|                     | time                       |                   | encoder                             |
+
+The geo models also need `input_dims["earth4d_normalizer"]`: the region box fitted on the training rows.
 
 A model is registered by one builder in BUILDERS below; which task trains it is the config's `task`.
 Imports nothing of the project beyond this package.
@@ -21,7 +27,9 @@ from typing import Any
 from flax import nnx
 
 from .classifiers import AttentiveProbeClassifier, LanguageClassifier, VisionClassifier
+from .geo_prior import GeoPrior
 from .mae import MultimodalMaskedAutoencoder
+from .vision_geo import VisionGeoClassifier
 
 __all__ = ["BUILDERS", "create_model"]
 
@@ -86,12 +94,61 @@ def _mae(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> n
     )
 
 
+def _normalizer(dims: Mapping[str, Any], name: str) -> dict:
+    if "earth4d_normalizer" not in dims:
+        raise ValueError(
+            f"model {name} needs input_dims['earth4d_normalizer'] (a mode that reads place and date)"
+        )
+    return dict(dims["earth4d_normalizer"])
+
+
+def _encoder(m: Any) -> dict | None:
+    encoder = m.get("encoder", None)
+    if encoder is None:
+        return None
+    return encoder.to_dict() if hasattr(encoder, "to_dict") else dict(encoder)
+
+
+def _width(m: Any, default: int) -> int:
+    hidden = m.get("hidden", default)
+    return int(hidden[0]) if isinstance(hidden, (list, tuple)) else int(hidden)
+
+
+def _geo_prior(m: Any, dims: Mapping[str, Any], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    return GeoPrior(
+        _classes(num_classes, "geo_prior"),
+        normalizer=_normalizer(dims, "geo_prior"),
+        encoder=_encoder(m),
+        hidden=_width(m, 256),
+        blocks=int(m.get("blocks", 2)),
+        dropout=float(m.get("dropout", 0.0)),
+        rngs=rngs,
+    )
+
+
+def _vision_geo(m: Any, dims: Mapping[str, Any], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    name = "vision_geo"
+    return VisionGeoClassifier(
+        _dim(dims, "vision", name),
+        _classes(num_classes, name),
+        normalizer=_normalizer(dims, name),
+        encoder=_encoder(m),
+        hidden=_width(m, 256),
+        geo_blocks=int(m.get("geo_blocks", 2)),
+        head=tuple(int(h) for h in m.get("head", (256,))),
+        dropout=float(m.get("dropout", 0.0)),
+        rngs=rngs,
+    )
+
+
 # name -> builder(model_config, input_dims, num_classes, rngs)
 BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "language_classifier": _language_classifier,
     "vision_classifier": _vision_classifier,
     "attentive_probe": _attentive_probe,
     "mae": _mae,
+    "geo_prior": _geo_prior,
+    "vision_geo": _vision_geo,
 }
 
 

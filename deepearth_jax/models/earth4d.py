@@ -237,6 +237,17 @@ def grid_indices_and_weights(
     return index + np.asarray(layout.offset, np.int32)[:, None], weight
 
 
+def _gather_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table[index] (B, K, F); under explicit mesh axes the output keeps the index's batch sharding (a
+    gather of batch-sharded indices from a replicated table is otherwise ambiguous)."""
+    sharding = jax.typeof(index).sharding
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    if any(axis is not None for axis in spec):
+        out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec, None))
+        return table.at[index].get(mode="promise_in_bounds", out_sharding=out)
+    return table.at[index].get(mode="promise_in_bounds")
+
+
 def encode(
     table: jax.Array, coords: jax.Array, layouts: tuple[GridLayout, ...], interpolation: str = "linear"
 ) -> jax.Array:
@@ -251,7 +262,7 @@ def encode(
     pieces = [grid_indices_and_weights(coords, layout, interpolation) for layout in layouts]
     index = jnp.concatenate([i.reshape(batch, -1) for i, _ in pieces], axis=1)
     weight = jnp.concatenate([w.reshape(batch, -1) for _, w in pieces], axis=1)
-    rows = table.at[index].get(mode="promise_in_bounds")  # (B, K, F); indices in range by construction
+    rows = _gather_rows(table, index)  # (B, K, F); indices in range by construction
     weighted = rows * weight[..., None]
     outputs, start = [], 0
     for layout in layouts:

@@ -8,6 +8,7 @@ A task module (`classification.py`, `masked_autoencoding.py`, ...) provides:
     eval_outputs(model, inputs, labels, species, constants) -> per-example outputs {name: (B, ...)}
     summarize(outputs) -> {metric: value}          host metrics of a set of examples
     example_scores(outputs) -> {metric: (N,)}      per-example values of the mean metrics (bootstrap CIs)
+    BASELINES            optional; True: scored beside the frequency and kNN-in-space baselines
     prediction_columns(outputs, species_names, class_names) -> {column: values}   predictions.parquet
     SPECIES_COLUMNS, species_scores(outputs, select, species) -> [...]            per_species.csv
     write_figures(outputs, class_names, out_dir, step)                            extra report pictures

@@ -1,0 +1,33 @@
+"""Vision fused with place and date in one model: pooled V-JEPA 2 features and the Earth4D trunk of
+(latitude, longitude, time, day of year), joined by a learned gate, then an MLP head.
+
+    python -m deepearth_jax.train --config configs/vision_geo.py --workdir checkpoints/vision_geo
+    python -m deepearth_jax.train --config configs/vision_geo.py:tiny --workdir /tmp/vg     # CPU smoke run
+"""
+
+from __future__ import annotations
+
+from configs import common
+from configs.geo_prior import encoder_config
+
+
+def get_config(arg: str | None = None):
+    arg = common.parse_arg(arg, tiny=False)
+    c = common.base_config()
+    c.mode = "vision_geo"
+    c.model.name = "vision_geo"
+    c.model.hidden = (256,)
+    c.model.geo_blocks = 2
+    c.model.head = (256,)
+    c.model.dropout = 0.3
+    c.model.encoder = encoder_config(arg.tiny)
+    c.optimizer.lr = 1e-3
+    c.batch_size = 32
+    c.num_epochs = 30
+    if arg.tiny:
+        common.tiny(c)
+        c.model.hidden = (32,)
+        c.model.geo_blocks = 1
+        c.model.head = (32,)
+    c.lock()
+    return c
