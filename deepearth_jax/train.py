@@ -156,6 +156,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     is_main = jax.process_index() == 0
     bar = progress_bar(total, "train", enabled=is_main, unit="step", initial=step, mininterval=1.0)
     metrics = steps.init_metrics(config, mesh)
+    state = steps.FlatState.of(state)  # carried flat: no nnx.State flatten/rebuild per step call
     last_saved = checkpointer.latest_step()
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
     try:
@@ -173,13 +174,13 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                 every_eval = config.eval_every_steps if config.eval_every_steps > 0 else per_epoch
                 eval_metrics = None
                 if itstime(step, every_eval, total, advanced=advance):
-                    eval_metrics = evaluator.evaluate(state)
+                    eval_metrics = evaluator.evaluate(state.state)
                     writer.write(step, epoch, eval_metrics)
                 due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
                 if due or eval_metrics is not None or stopper.requested:
                     meta["step"], meta["epoch"] = step, epoch
                     checkpointer.save(
-                        step, state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
+                        step, state.state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
                     )
                     last_saved = step
                 clock["paused"] += time.time() - pause_start
@@ -191,7 +192,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
         bar.close()
     if stopper.requested and is_main:
         print(f"SIGTERM: saved step {step} in {checkpointer.directory}; rerun to resume", flush=True)
-    return state, step
+    return state.state, step
 
 
 def _log(config, writer, bar, metrics, step: int, epoch: float, clock: dict, last_saved, checkpointer):

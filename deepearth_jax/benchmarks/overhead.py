@@ -1,8 +1,9 @@
 """The trainer's K = 1 step vs a bare `jax.jit` of the same math: what the wrapper costs per call.
 
 The language classifier is shrunk to 16 -> 8 -> 8 -> 10 (dropout 0) at batch 8, so compute is nil and the
-figures are dispatch overhead: `steps.make_train_step` (the trainer's step, nnx state) against plain pytree
-params + `optax.adam` in one donated `jax.jit`. Both are timed alternately in the same process.
+figures are dispatch overhead: `steps.make_train_step` (the trainer's step, its state carried as a
+`steps.FlatState` as the trainer does) against plain pytree params + `optax.adam` in one donated `jax.jit`.
+Both are timed alternately in the same process.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _trainer_step(config: Any, mesh: Any, host: dict) -> Any:
         state_sharding=steps.state_sharding_of(state),
     )
     batch = jax.device_put(host, parallel.batch_sharding(mesh))
-    carry = [state, steps.init_metrics(config, mesh)]
+    carry = [steps.FlatState.of(state), steps.init_metrics(config, mesh)]  # as the trainer carries it
 
     def call() -> None:
         carry[0], carry[1] = train_step(carry[0], carry[1], batch)
@@ -112,7 +113,7 @@ def _time(call: Any, carry: list, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
         call()
-    jax.block_until_ready(carry)
+    jax.block_until_ready([getattr(c, "leaves", c) for c in carry])  # a FlatState: its leaves
     return (time.perf_counter() - start) / calls * 1e6
 
 

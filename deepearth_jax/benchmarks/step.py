@@ -187,19 +187,20 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
         sharding = parallel.batch_sharding(mesh)
     batch = jax.device_put(host, sharding)
     metrics = steps.init_metrics(config, mesh)
+    state = steps.FlatState.of(state)  # as the trainer carries it
     start = time.perf_counter()
     state, metrics = train_step(state, metrics, batch)
-    jax.block_until_ready(state)
+    jax.block_until_ready(state.leaves)
     compile_s = time.perf_counter() - start
     for _ in range(2):
         state, metrics = train_step(state, metrics, batch)
-    jax.block_until_ready(state)
+    jax.block_until_ready(state.leaves)
     calls_per_round = max(1, 100 // steps_per_call)
     calls, start = 0, time.perf_counter()
     while True:
         for _ in range(calls_per_round):
             state, metrics = train_step(state, metrics, batch)
-        jax.block_until_ready((state, metrics))
+        jax.block_until_ready((state.leaves, metrics))
         calls += calls_per_round
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
