@@ -277,10 +277,18 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     return config, workdir
 
 
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache in the demo cache dir: a rerun skips compiling (same programs)."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(inputs.default_cache_dir() / "jax_compile"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def command() -> int:
+        _enable_compilation_cache()
         train_and_evaluate(*parse_args(argv))
         return 0
 
