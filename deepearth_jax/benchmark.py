@@ -17,6 +17,7 @@ BENCHMARKS = {
     "step": "jit train step vs PyTorch eager for the same model and optimizer (us/step, samples/s)",
     "convert": "store conversion vs a plain pyarrow read of the same files (MB/s, peak RSS)",
     "encoder": "Earth4D forward+backward, jit JAX vs the PyTorch implementation (us/call)",
+    "quickstart": "python -m deepearth_jax.train end to end vs the original's PyTorch loop (wall s)",
     "field": "fit a synthetic f(x, y, t) with Earth4D + MLP vs random Fourier features (held-out PSNR)",
 }
 

@@ -102,6 +102,63 @@ def params_checksum(state: State) -> str:
     return digest.hexdigest()
 
 
+class FlatState:
+    """A train state carried between step calls as its flat leaf list (what the jitted steps take).
+
+    Flattening and rebuilding an `nnx.State` runs Python callbacks per node on every call; a step given a
+    `FlatState` skips both and returns a `FlatState`. `.state` rebuilds the `nnx.State` (for evaluation and
+    checkpoints), once per `FlatState`. Like the state itself, it is invalid after being passed to a step
+    (its arrays are donated).
+    """
+
+    __slots__ = ("leaves", "treedef", "_state")
+
+    def __init__(self, leaves: list[jax.Array], treedef: Any, state: State | None = None):
+        self.leaves, self.treedef, self._state = leaves, treedef, state
+
+    @classmethod
+    def of(cls, state: State) -> FlatState:
+        leaves, treedef = jax.tree.flatten(state)
+        return cls(leaves, treedef, state)
+
+    @property
+    def state(self) -> State:
+        if self._state is None:
+            self._state = jax.tree.unflatten(self.treedef, self.leaves)
+        return self._state
+
+
+def as_state(state: State | FlatState) -> State:
+    """The `nnx.State` of a state or `FlatState`."""
+    return state.state if isinstance(state, FlatState) else state
+
+
+def _flat_jit(fn: Callable, state_sharding: State, mesh: Mesh) -> Callable:
+    """jit `fn(state, metrics, *args) -> (state, metrics)` over the state's leaf list, donating state and
+    metrics; the returned call takes an `nnx.State` (returns one) or a `FlatState` (returns one)."""
+    treedef = jax.tree.structure(state_sharding)
+
+    def flat(leaves, metrics, *args):
+        state, metrics = fn(jax.tree.unflatten(treedef, leaves), metrics, *args)
+        return jax.tree.leaves(state), metrics
+
+    jitted = jax.jit(
+        flat,
+        donate_argnums=(0, 1),
+        out_shardings=(jax.tree.leaves(state_sharding), parallel.replicated(mesh)),
+    )
+
+    def call(state, metrics, *args):
+        if type(state) is FlatState:
+            leaves, metrics = jitted(state.leaves, metrics, *args)
+            return FlatState(leaves, treedef), metrics
+        leaves, metrics = jitted(jax.tree.leaves(state), metrics, *args)
+        return jax.tree.unflatten(treedef, leaves), metrics
+
+    call.jitted = jitted
+    return call
+
+
 def state_sharding_of(state: State) -> State:
     """The sharding of every leaf of `state` (what `make_train_step` wants as `state_sharding`)."""
     return jax.tree.map(lambda x: x.sharding, state)
@@ -190,7 +247,8 @@ def make_train_step(
     state_sharding: State,
     steps_per_call: int = 1,
 ) -> Callable[[State, Metrics, Batch], tuple[State, Metrics]]:
-    """`train_step(state, metrics, batch) -> (state, metrics)`, jitted, donating state and metrics.
+    """`train_step(state, metrics, batch) -> (state, metrics)`, jitted, donating state and metrics; `state`
+    an `nnx.State` or (cheaper per call) a `FlatState`, returned in the same form.
 
     steps_per_call K > 1: every batch leaf is `(K, B, ...)` and the K steps run in `lax.scan`, with the same
     result as K calls with K = 1. Metric sums accumulate until the caller resets them (`init_metrics`).
@@ -214,8 +272,7 @@ def make_train_step(
             (state, metrics), _ = jax.lax.scan(body, (state, metrics), batches)
             return state, metrics
 
-    replicated = parallel.replicated(mesh)
-    return jax.jit(step, donate_argnums=(0, 1), out_shardings=(state_sharding, replicated))
+    return _flat_jit(step, state_sharding, mesh)
 
 
 def make_eval_step(
@@ -313,4 +370,4 @@ def make_device_epoch(
         (state, metrics), _ = jax.lax.scan(body, (state, metrics), (index, valid))
         return state, metrics
 
-    return jax.jit(epoch, donate_argnums=(0, 1), out_shardings=(state_sharding, parallel.replicated(mesh)))
+    return _flat_jit(epoch, state_sharding, mesh)

@@ -190,6 +190,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     is_main = jax.process_index() == 0
     bar = progress_bar(total, "train", enabled=is_main, unit="step", initial=step, mininterval=1.0)
     metrics = steps.init_metrics(config, mesh)
+    state = steps.FlatState.of(state)  # carried flat: no nnx.State flatten/rebuild per step call
     last_saved = step if step > 0 else None  # restore_same_run resumed only a finite one
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
     try:
@@ -207,11 +208,11 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                 every_eval = config.eval_every_steps if config.eval_every_steps > 0 else per_epoch
                 eval_metrics = None
                 if itstime(step, every_eval, total, advanced=advance):
-                    eval_metrics = evaluator.evaluate(state)
+                    eval_metrics = evaluator.evaluate(state.state)
                     writer.write(step, epoch, eval_metrics)
                 due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
                 if due or eval_metrics is not None or stopper.requested:
-                    if not checkpoint_lib.all_finite(state):
+                    if not checkpoint_lib.all_finite(state.state):
                         raise TrainError(
                             f"non-finite parameters at step {step}, not saved; last good checkpoint: "
                             f"step {last_saved if last_saved is not None else 'none'} in "
@@ -219,7 +220,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                         )
                     meta["step"], meta["epoch"] = step, epoch
                     checkpointer.save(
-                        step, state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
+                        step, state.state, data_state=data_state, meta=meta, metrics=eval_metrics, force=True
                     )
                     last_saved = step
                 clock["paused"] += time.time() - pause_start
@@ -231,7 +232,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
         bar.close()
     if stopper.requested and is_main:
         print(f"SIGTERM: saved step {step} in {checkpointer.directory}; rerun to resume", flush=True)
-    return state, step
+    return state.state, step
 
 
 def _log(config, writer, bar, metrics, step: int, epoch: float, clock: dict, last_saved, checkpointer):
@@ -333,10 +334,18 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     return config, workdir
 
 
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache in the demo cache dir: a rerun skips compiling (same programs)."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(inputs.default_cache_dir() / "jax_compile"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def command() -> int:
+        _enable_compilation_cache()
         summary = train_and_evaluate(*parse_args(argv))
         # Only SIGTERM ends the loop early: exit 128 + 15 after saving, so a scheduler requeues the job.
         return 0 if summary["complete"] else 143

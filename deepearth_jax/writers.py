@@ -1,4 +1,5 @@
-"""Where a run's metrics go: `metrics.jsonl` (one JSON object a write) and TensorBoard events (tensorboardX).
+"""Where a run's metrics go: `metrics.jsonl` (one JSON object a write) and TensorBoard events (TFRecord
+event files, written directly).
 
 Both are written by process 0 only. A resumed run first drops the lines logged after its checkpoint, so the
 file reads as one uninterrupted run.
@@ -6,19 +7,84 @@ file reads as one uninterrupted run.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
+import socket
+import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def _summary_writer_class() -> type:
-    from tensorboardX import SummaryWriter
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        for _ in range(8):
+            n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
+        table.append(n)
+    return table
 
-    return SummaryWriter
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of `data`."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _event(step: int, **fields: bytes) -> bytes:
+    """An `Event` protobuf: wall_time, step and a `file_version` or a `summary`."""
+    head = b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step)
+    if "file_version" in fields:
+        return head + _field(3, fields["file_version"])
+    return head + _field(5, fields["summary"])
+
+
+class EventFile:
+    """TensorBoard scalars in a TFRecord event file, written directly (tensorboardX imports torch when it
+    is installed, which costs seconds at start-up): `add_scalar(tag, value, step)`, `close()`."""
+
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        self._file = open(directory / name, "ab")  # noqa: SIM115 (closed by close())
+        self._record(_event(0, file_version=b"brain.Event:2"))
+
+    def _record(self, data: bytes) -> None:
+        length = struct.pack("<Q", len(data))
+        self._file.write(length + struct.pack("<I", _masked_crc(length)) + data)
+        self._file.write(struct.pack("<I", _masked_crc(data)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        value_proto = _field(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
+        self._record(_event(int(step), summary=_field(1, value_proto)))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_records(path: Path) -> list[dict]:
@@ -58,10 +124,6 @@ class MetricWriters:
         if self.path.exists():
             kept = [line for line in read_records(self.path) if line["step"] <= truncate_after]
             self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
-        # tensorboardX imports torch when it is installed (seconds): import it while the first step compiles.
-        importer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-tensorboardx")
-        self._writer_class = importer.submit(_summary_writer_class)
-        importer.shutdown(wait=False)
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -71,12 +133,10 @@ class MetricWriters:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard is None:
-            self.tensorboard = self._writer_class.result()(str(self._tensorboard_dir))
+            self.tensorboard = EventFile(self._tensorboard_dir)
         for tag, value in values.items():
             self.tensorboard.add_scalar(tag, value, int(step))
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
-        elif self.enabled:
-            self._writer_class.result()  # let the import finish before the interpreter may exit

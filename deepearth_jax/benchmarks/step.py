@@ -57,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--steps-per-call", type=_int_list, default=[1, 16, 100], help="K steps per jit call, comma-separated"
     )
     p.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager (needs torch)")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="add a row: the trainer's K=1 step vs a bare jax.jit of the same math (shrunk model)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the result rows to this JSON file")
     p.add_argument(
         "--num-classes",
@@ -182,19 +187,20 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
         sharding = parallel.batch_sharding(mesh)
     batch = jax.device_put(host, sharding)
     metrics = steps.init_metrics(config, mesh)
+    state = steps.FlatState.of(state)  # as the trainer carries it
     start = time.perf_counter()
     state, metrics = train_step(state, metrics, batch)
-    jax.block_until_ready(state)
+    jax.block_until_ready(state.leaves)
     compile_s = time.perf_counter() - start
     for _ in range(2):
         state, metrics = train_step(state, metrics, batch)
-    jax.block_until_ready(state)
+    jax.block_until_ready(state.leaves)
     calls_per_round = max(1, 100 // steps_per_call)
     calls, start = 0, time.perf_counter()
     while True:
         for _ in range(calls_per_round):
             state, metrics = train_step(state, metrics, batch)
-        jax.block_until_ready((state, metrics))
+        jax.block_until_ready((state.leaves, metrics))
         calls += calls_per_round
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
@@ -266,6 +272,17 @@ def run(args: argparse.Namespace) -> int:
             if torch_us is not None:
                 line += f" {torch_us:>13.1f} {row['ratio']:>6.2f}"
             print(line, flush=True)
+    if getattr(args, "overhead", False):
+        from deepearth_jax.benchmarks import overhead
+
+        row = overhead.measure(config, mesh, args.min_time)
+        rows.append(row)
+        print(
+            f"overhead ({row['model']}, batch {row['batch_size']}, K=1): trainer "
+            f"{row['trainer_us_per_step']:.1f} us/step, bare jit {row['bare_jit_us_per_step']:.1f} us/step, "
+            f"ratio {row['overhead_ratio']:.2f}",
+            flush=True,
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

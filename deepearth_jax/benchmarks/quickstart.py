@@ -1,0 +1,120 @@
+"""`python -m deepearth_jax.benchmark quickstart`: the quick start end to end vs the original's PyTorch loop.
+
+Both run as fresh processes, timed wall clock from start-up to exit, one after the other in the same run:
+`python -m deepearth_jax.train --config CONFIG` (ours, a new workdir), and a PyTorch loop in the style of the
+original's `train_epoch` / `evaluate_model` (one thread): the same MLP (`torch_reference_model`), the same
+training and test rows, epochs and batch size (last partial batch dropped, as ours), evaluation on the test
+rows after every epoch.
+
+    python -m deepearth_jax.benchmark quickstart --json /tmp/q.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/vision.py", help="config (default configs/vision.py)")
+    p.add_argument("--json", type=Path, default=None, help="write the result row to this JSON file")
+
+
+def torch_loop(config_arg: str, overrides: list[str], workdir: str) -> dict[str, float]:
+    """The original's loop in PyTorch over the run's rows: train an epoch, evaluate, repeat (one thread)."""
+    import numpy as np
+    import torch
+
+    from deepearth_jax import inputs
+    from deepearth_jax.benchmarks.torch_reference import torch_optimizer, torch_reference_model
+    from deepearth_jax.config_utils import load_config
+    from deepearth_jax.data import modes
+    from deepearth_jax.data.reader import BatchReader
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = load_config(config_arg, overrides)
+    data = inputs.prepare_data(config, Path(workdir))
+    (key,) = modes.input_keys(config.mode)
+
+    def arrays(rows):
+        batch = BatchReader(data.store, config.mode, len(rows)).read(rows)
+        x = torch.from_numpy(np.asarray(batch[key], np.float32))
+        return x, torch.from_numpy(data.label_map[batch["species"]].astype(np.int64))
+
+    (x_train, y_train), (x_test, y_test) = arrays(data.train_rows), arrays(data.test_rows)
+    model = torch_reference_model(config, data.input_dims, len(data.class_names))
+    optimizer = torch_optimizer(config, model.parameters())
+    loss_fn, batch_size = torch.nn.CrossEntropyLoss(), int(config.batch_size)
+    top1 = 0.0
+    for _ in range(int(config.num_epochs)):
+        model.train()  # train_epoch
+        order = torch.randperm(len(x_train))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model({key: x_train[idx]}), y_train[idx])
+            loss.backward()
+            optimizer.step()
+        model.eval()  # evaluate_model
+        with torch.no_grad():
+            correct = 0
+            for start in range(0, len(x_test), 256):
+                logits = model({key: x_test[start : start + 256]})
+                correct += int((logits.argmax(-1) == y_test[start : start + 256]).sum())
+        top1 = correct / max(len(x_test), 1)
+    return {"test_top1": top1}
+
+
+def _timed(argv: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise ValueError(f"{' '.join(argv[:4])} ... failed: {done.stderr.strip()[-500:]}")
+    return wall, done.stdout
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(getattr(args, "overrides", ()))
+    with tempfile.TemporaryDirectory(prefix="quickstart-") as tmp:
+        ours = [
+            sys.executable,
+            "-m",
+            "deepearth_jax.train",
+            "--config",
+            args.config,
+            "--workdir",
+            f"{tmp}/jax",
+        ]
+        jax_s, _ = _timed([*ours, *overrides])
+        code = (
+            "import json, sys; from deepearth_jax.benchmarks.quickstart import torch_loop; "
+            "print(json.dumps(torch_loop(sys.argv[1], sys.argv[3:], sys.argv[2])))"
+        )
+        torch_s, out = _timed([sys.executable, "-c", code, args.config, f"{tmp}/torch", *overrides])
+        torch_top1 = json.loads(out.strip().splitlines()[-1])["test_top1"]
+        summary: Any = json.loads((Path(tmp) / "jax" / "summary.json").read_text())
+    row = {
+        "config": args.config,
+        "jax_wall_s": round(jax_s, 2),
+        "torch_wall_s": round(torch_s, 2),
+        "ratio": round(torch_s / jax_s, 3),
+        "jax_test_top1": summary["final"].get("test/top1"),
+        "torch_test_top1": round(torch_top1, 4),
+    }
+    print(
+        f"quick start {args.config}: ours {jax_s:.1f} s, PyTorch loop {torch_s:.1f} s (1 thread), "
+        f"ratio {row['ratio']:.2f} (> 1: ours is faster)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(row, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
