@@ -277,7 +277,8 @@ def test_device_prefetch_places_sharded_arrays(store):
     sharding = NamedSharding(mesh, P("data"))
     global_batch = 8 * len(jax.devices())
     rows = _rows(store)
-    threads_before = threading.active_count()
+    # Only this test's prefetcher counts: a trainer run earlier in this process may still be winding down.
+    earlier = {t for t in threading.enumerate() if t.name == "device-prefetch"}
     with pipeline.train_batches(store, rows, mode="multimodal", global_batch_size=global_batch, seed=2) as b:
         host = [{k: v.copy() for k, v in x.items()} for x in _take(b, 3)]
     with pipeline.train_batches(
@@ -292,10 +293,11 @@ def test_device_prefetch_places_sharded_arrays(store):
         assert have["vision"].dtype == np.float16 and have["vision"].sharding == sharding
         for key in want:
             np.testing.assert_array_equal(np.asarray(have[key]), want[key])
+    ours = lambda: [t for t in threading.enumerate() if t.name == "device-prefetch" and t not in earlier]
     deadline = time.monotonic() + 5
-    while threading.active_count() > threads_before and time.monotonic() < deadline:
+    while ours() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [t for t in threading.enumerate() if t.name == "device-prefetch"]
+    assert not ours()
 
 
 def test_device_prefetch_raises_source_errors():
