@@ -17,7 +17,7 @@ LOSS_TASKS = {"softmax": "classification", "sinr": "geo_presence"}
 
 
 def encoder_config(tiny: bool):
-    """Earth4D sizes for the data: coarse space (2..32 cells), nearly no absolute time, 4..32-cell season."""
+    """Earth4D sizes for the data: coarse space (2..16 cells), nearly no absolute time, 4..16-cell season."""
     import ml_collections
 
     e = ml_collections.ConfigDict()
@@ -26,9 +26,10 @@ def encoder_config(tiny: bool):
     e.levels = 4 if tiny else 6
     e.features = 2
     e.log2_table_size = 10 if tiny else 14
-    e.spatial_resolution = (4.0, 64.0) if tiny else (2.0, 32.0)
+    e.spatial_resolution = (4.0, 64.0) if tiny else (2.0, 16.0)
     e.time_resolution = (1.5, 2.0)
-    e.doy_resolution = (4.0, 32.0)
+    # Chosen on the demo's validation rows (top-1 0.43 vs 0.39 at 2..32 space, 4..32 season).
+    e.doy_resolution = (4.0, 16.0)
     return e
 
 

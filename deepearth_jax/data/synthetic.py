@@ -4,11 +4,13 @@ The generative model (all in float32):
 
 * Sites: clusters of observations spread over the Central Florida box (lat 28.033..28.978, lon
   -81.934..-80.902); an observation lies within a couple of km of its site.
-* Species: long-tailed (Zipf) frequencies; each species prefers a few sites (Dirichlet affinities), so a
-  held-out region holds a different species mix than the training data.
+* Species: long-tailed (Zipf) frequencies; each species has a range (1..3 clustered Gaussian centres, radius
+  5..15 km) and is seen at the sites inside it, so the species mix changes smoothly over the land: a
+  held-out region holds a different mix than the training data, yet one its surroundings predict.
 * Years 2010..2025, more observations each year (as on iNaturalist). Phenology: each species has a seasonal
-  peak (a day of year) and is observed around it (wrapped normal, sd 30..60 days), so place and date together
-  say which species are likely (a geo prior can beat the frequency baseline; fusion can help vision).
+  peak (a day of year) and is observed around it (wrapped normal, sd 20..40 days), so place and date together
+  say which species are likely (a geo prior can beat the frequency and nearest-neighbour baselines; fusion
+  can help vision).
 * Vision: the pooled embedding of an observation is
       species prototype + site effect + year drift + observation noise,
   with prototypes that share a genus component (so related species are confusable). Prototypes, site effects
@@ -51,7 +53,16 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever the same config generates different data (the demo store's cache key includes it).
 # 2: species phenology (month and day drawn around a per-species seasonal peak).
-GENERATOR_VERSION = 2
+# 3: species ranges (clustered Gaussian centres) decide the sites a species is seen at; sharper phenology.
+GENERATOR_VERSION = 3
+
+# Species ranges: 1..3 centres within ~RANGE_CLUSTER_KM (sd) of a home point, each a Gaussian of a radius
+# drawn from RANGE_RADIUS_KM, and a floor (a share of the peak density) so any species may turn up anywhere.
+RANGE_CLUSTER_KM = 12.0
+RANGE_RADIUS_KM = (5.0, 15.0)
+RANGE_FLOOR = 0.01
+# Phenology: observations of a species fall around its seasonal peak with this spread (sd, days).
+PHENOLOGY_SD_DAYS = (20.0, 40.0)
 
 
 FLORIDA_BOX = {"south": 28.033, "north": 28.978, "west": -81.934, "east": -80.902}
@@ -94,12 +105,39 @@ class SyntheticConfig:
             raise ValueError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
 
 
+def _range_affinity(
+    site_lat: np.ndarray, site_lon: np.ndarray, num_species: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(S, num_sites) rows summing to 1: how a species' observations spread over the sites.
+
+    Each species has a range: 1..3 centres clustered within ~RANGE_CLUSTER_KM of a home point, each a
+    Gaussian of radius RANGE_RADIUS_KM; its affinity to a site is the range's density there (plus a small
+    floor, so a species is rarely but possibly seen anywhere). Smooth in space, so the species mix of a
+    held-out region is predictable from the land around it.
+    """
+    lat0 = np.radians(np.mean(site_lat))
+    sx, sy = site_lon * 111.0 * np.cos(lat0), site_lat * 111.0
+    home_x = rng.uniform(sx.min(), sx.max(), num_species)
+    home_y = rng.uniform(sy.min(), sy.max(), num_species)
+    centres = rng.integers(1, 4, num_species)
+    radius = rng.uniform(*RANGE_RADIUS_KM, num_species)
+    density = np.zeros((num_species, len(sx)))
+    for c in range(3):
+        cx = home_x + rng.normal(0.0, RANGE_CLUSTER_KM, num_species)
+        cy = home_y + rng.normal(0.0, RANGE_CLUSTER_KM, num_species)
+        d2 = (sx[None, :] - cx[:, None]) ** 2 + (sy[None, :] - cy[:, None]) ** 2
+        on = (c < centres).astype(np.float64)[:, None]
+        density += on * np.exp(-0.5 * d2 / radius[:, None] ** 2)
+    density += RANGE_FLOOR * density.max(axis=1, keepdims=True)
+    return density / density.sum(axis=1, keepdims=True)
+
+
 def _phenology_dates(
     year: np.ndarray, species: np.ndarray, num_species: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """(month, day) of each observation: its species' seasonal peak day plus a wrapped normal offset."""
     peak = rng.uniform(0.0, 365.0, num_species)
-    spread = rng.uniform(30.0, 60.0, num_species)
+    spread = rng.uniform(*PHENOLOGY_SD_DAYS, num_species)
     doy = np.mod(peak[species] + rng.normal(0.0, 1.0, len(species)) * spread[species], 365.0).astype(np.int64)
     first = (np.asarray(year, np.int64) - 1970).astype("datetime64[Y]").astype("datetime64[D]")
     dates = first + np.minimum(doy, 364)
@@ -141,7 +179,8 @@ class SyntheticDataset:
         # Sites spread over the box; species prefer a few of them.
         site_lat = rng.uniform(FLORIDA_BOX["south"] + 0.02, FLORIDA_BOX["north"] - 0.02, num_sites)
         site_lon = rng.uniform(FLORIDA_BOX["west"] + 0.02, FLORIDA_BOX["east"] - 0.02, num_sites)
-        affinity = rng.dirichlet(np.full(num_sites, 0.1), size=s)
+        rng.dirichlet(np.full(num_sites, 0.1), size=s)  # version 2's affinities: drawn to keep later draws
+        affinity = _range_affinity(site_lat, site_lon, s, np.random.default_rng([cfg.seed, 6]))
 
         # Years grow over time; species' frequencies trend up or down over the years (so a held-out year has a
         # shifted species mix), and every species appears at least once.
