@@ -1,5 +1,7 @@
 """Vision fused with place and date in one model: pooled V-JEPA 2 features and the Earth4D trunk of
-(latitude, longitude, time, day of year), joined by a learned gate, then an MLP head.
+(latitude, longitude, time, day of year), joined by a learned gate, then an MLP head. Evaluation reports the
+fusion's gain over vision alone (paired 95% interval) and the late fusion rule, its exponent fitted on
+validation.
 
     python -m deepearth_jax.train --config configs/vision_geo.py --workdir checkpoints/vision_geo
     python -m deepearth_jax.train --config configs/vision_geo.py:tiny --workdir /tmp/vg     # CPU smoke run
@@ -15,6 +17,8 @@ def get_config(arg: str | None = None):
     arg = common.parse_arg(arg, tiny=False)
     c = common.base_config()
     c.mode = "vision_geo"
+    # Scored beside its own vision-only, place-and-date-only and late-fusion predictions (tasks/fusion.py).
+    c.task = "fusion"
     c.model.name = "vision_geo"
     c.model.hidden = (256,)
     c.model.geo_blocks = 2

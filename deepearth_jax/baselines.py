@@ -102,3 +102,14 @@ class Baselines:
         """{baseline: {top1, top5}} on `rows` (a subset of the fitted rows) with their `labels`."""
         index = np.searchsorted(self.rows, np.asarray(rows, np.int64))
         return {name: accuracies(top[index], labels) for name, top in self.top.items()}
+
+    def hits(self, rows: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """{baseline: {top1, top5}} per-example 0/1 hits on `rows` (their means are `metrics`)."""
+        index = np.searchsorted(self.rows, np.asarray(rows, np.int64))
+        return {
+            name: {
+                "top1": metrics_lib.topk_correct(top[index], labels, k=1),
+                "top5": metrics_lib.topk_correct(top[index], labels, k=min(TOP, top.shape[1])),
+            }
+            for name, top in self.top.items()
+        }

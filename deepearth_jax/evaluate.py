@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from flax import nnx
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
@@ -131,16 +131,19 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
     if jax.process_index() == 0:
         out_dir.mkdir(exist_ok=True)
         _write_report(out_dir, data, evaluator, result, step)
-        print(
-            f"step {step}: "
-            + json.dumps(
-                {
-                    k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)
-                    for k, v in result.metrics.items()
-                    if k.count("/") == 1
-                }
-            )
-        )
+        if config.model.name == "geo_prior":
+            from deepearth_jax import range_map
+
+            model = nnx.merge(run.graphdef, state).model
+            model.eval()
+            range_map.plot_range_map(model, data, out_dir / "range_map.png")
+        print(f"step {step}: {evaluation_lib.headline(result.metrics)}")
+        for group in sorted(
+            {k.split("/")[1] for k in result.metrics if k.count("/") == 2 and k.endswith("/count")}
+        ):
+            line = evaluation_lib.headline(result.metrics, group)
+            if line:
+                print(f"  {group}: {line}")
         print(f"wrote {out_dir}")
     return result.metrics
 

@@ -75,6 +75,19 @@ class Evaluator:
         """Evaluates `state` on every example of the subset once."""
         if len(self.rows) == 0:
             return EvalResult({}, {})
+        merged = self.run_raw(state)
+        fitted: dict = {}
+        if hasattr(self.task, "fit"):  # e.g. the late fusion exponent: fitted on validation, never on test
+            prior = self._log_prior()
+            source = merged if self.subset == "validation" else self._validation_outputs(state)
+            fitted = self.task.fit(source, prior)
+            merged = self.task.apply_fit(merged, fitted, prior)
+        metrics = self.reduce(merged)
+        metrics.update({f"{self.subset}/{k}": v for k, v in fitted.items()})
+        return EvalResult(metrics, merged)
+
+    def run_raw(self, state) -> dict:
+        """The eval step's per-example outputs on every example of the subset, padding removed."""
         keys = ("species", "mask", "row", *modes.input_keys(self.config.mode))
         host_rows: list[np.ndarray] = []
 
@@ -101,8 +114,19 @@ class Evaluator:
             collected.append(outputs)
         merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
         keep = merged.pop("mask").astype(bool)
-        merged = {k: v[keep] for k, v in merged.items()}
-        return EvalResult(self.reduce(merged), merged)
+        return {k: v[keep] for k, v in merged.items()}
+
+    def _log_prior(self) -> np.ndarray:
+        species = self.data.store.column("species_index")[self.data.train_rows]
+        return self.task.log_prior(self.data.label_map[species], len(self.data.class_species))
+
+    def _validation_outputs(self, state) -> dict:
+        """The raw outputs of `state` on the validation rows (what the task's `fit` may learn from)."""
+        validation = Evaluator(self.config, self.data, self.eval_step, self.mesh, subset="validation")
+        if len(validation.rows) == 0:
+            log.warning("no validation rows: %s keeps its defaults, fitted on nothing", self.config.task)
+            return {"labels": np.zeros(0, np.int32)}
+        return validation.run_raw(state)
 
     def evaluate(self, state) -> dict:
         return self.run(state).metrics
@@ -122,15 +146,15 @@ class Evaluator:
             result[f"{name}/count"] = float(len(part["row"]))
             if self.intervals:
                 for k, values in self.task.example_scores(part).items():
-                    low, high = metrics_lib.bootstrap_ci(
-                        values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED
-                    )
-                    result[f"{name}/{k}_ci"] = [low, high]
+                    result[f"{name}/{k}_ci"] = _interval(values)
             if getattr(self.task, "BASELINES", False):  # the frequency and kNN baselines on the same rows
                 if self._baselines is None:
                     self._baselines = baselines.Baselines(self.data, self.rows)
                 for base, values in self._baselines.metrics(part["row"], part["labels"]).items():
                     result.update({f"{name}/{base}/{k}": v for k, v in values.items()})
+                if self.intervals:
+                    for base, hits in self._baselines.hits(part["row"], part["labels"]).items():
+                        result.update({f"{name}/{base}/{k}_ci": _interval(v) for k, v in hits.items()})
 
         add(prefix)
         for group in sorted(set(groups.tolist())):
@@ -141,6 +165,46 @@ class Evaluator:
             add(f"{prefix}/unseen_species", unseen)
             add(f"{prefix}/seen_species", ~unseen)
         return result
+
+
+# Second-level metrics worth a headline: the baselines, a fusion's branches, its gains and fitted exponent.
+HEADLINE_PARTS = ("baseline_frequency", "baseline_knn", "vision_only", "geo_only", "late_fusion", "gain")
+
+
+def headline(row: dict, group: str | None = None) -> str:
+    """`test/top1=0.654 [0.630, 0.677], test/baseline_knn/top1=...`: the overall metrics of a metrics dict,
+    with the baselines' and a fusion's top-1, gains and fitted exponent beside them; those of one reason group
+    (temporal, spatial, ...) with `group`."""
+    parts = []
+    for key, value in row.items():
+        names = key.split("/")
+        if (
+            names[0] not in ("test", "validation")
+            or key.endswith(("_ci", "/count"))
+            or not isinstance(value, float)
+        ):
+            continue
+        if group is not None:
+            if len(names) < 3 or names[1] != group:
+                continue
+            names = [names[0], *names[2:]]
+        rest = names[1:]
+        if not (
+            len(rest) == 1
+            or (len(rest) == 2 and rest[0] in HEADLINE_PARTS and rest[1] in ("top1", "top5", "exponent"))
+            or (len(rest) == 3 and rest[0] == "gain" and rest[2] == "top1")
+        ):
+            continue
+        ci = row.get(f"{key}_ci")
+        sign = "+" if rest[0] == "gain" else ""
+        parts.append(f"{key}={value:{sign}.4f}" + (f" [{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]" if ci else ""))
+    return ", ".join(parts)
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    """95% bootstrap interval of the mean of per-example values (a paired one when they are differences)."""
+    low, high = metrics_lib.bootstrap_ci(values, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+    return [low, high]
 
 
 def _global_rows(local_rows: np.ndarray) -> np.ndarray:

@@ -291,21 +291,8 @@ def _finish(
             plots.plot_curves(rows, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
         for name, row in (("best", best), ("final", final)):
-            print(f"{name} (step {row.get('step', step)}): {_headline(row)}", flush=True)
+            print(f"{name} (step {row.get('step', step)}): {evaluation_lib.headline(row)}", flush=True)
     return summary
-
-
-def _headline(row: dict) -> str:
-    """`test/top1=0.654 [0.630, 0.677], validation/top1=...`: the overall metrics of a summary entry."""
-    parts = []
-    for key, value in row.items():
-        if key.count("/") != 1 or key.endswith("_ci") or not key.startswith(("test/", "validation/")):
-            continue
-        if key.endswith("/count") or not isinstance(value, float):
-            continue
-        ci = row.get(f"{key}_ci")
-        parts.append(f"{key}={value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------

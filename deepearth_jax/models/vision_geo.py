@@ -5,7 +5,10 @@ over (T, H, W) of `batch["vision"]` (B, T, H, W, D)) and the Earth4D trunk of `b
 `batch["time"]` (B, 6) -> logits (B, C) float32. Learned fusion: each branch is projected to `hidden`, a
 per-feature gate sigmoid(W [v, g] + b) decides how much of the geo features to add to the vision ones,
 h = v + gate * g, then an MLP head. The gate's bias starts at -2 (gate ~0.12): the model starts close to
-vision alone and learns how far to trust place and date.
+vision alone and learns how far to trust place and date. Two linear heads read each branch alone
+(`branches`): vision alone and place-and-date alone, trained beside the fused head (task `fusion`), so one run
+scores the fusion against its own single-modality predictions on the same rows, and the late fusion rule
+below combines them.
 
 `late_fusion_logits`: log p(y | image) + exponent * (log p(y | place, date) - log p(y)), the rule of Mac Aodha
 et al. 2019 (independence of image and place given the species), with an exponent to be fitted on data that
@@ -60,17 +63,29 @@ class VisionGeoClassifier(nnx.Module):
         self.gate.bias[...] = jnp.full((hidden,), GATE_BIAS_INIT, jnp.float32)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = MLP(hidden, tuple(head), num_classes, dropout, rngs=rngs)
+        self.vision_head = torch_linear(hidden, num_classes, rngs=rngs)
+        self.geo_head = torch_linear(hidden, num_classes, rngs=rngs)
 
-    def fused(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        """(fused features (B, hidden), gate (B, hidden) in (0, 1))."""
+    def _branch_features(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(vision features, geo features, gate), each (B, hidden)."""
         v = jax.nn.relu(self.vision(self.vision_norm(pooled_vision(batch))))
         g = self.geo(self.normalizer(batch["location"], batch["time"]))
         gate = jax.nn.sigmoid(self.gate(jnp.concatenate([v, g], axis=-1)))
+        return v, g, gate
+
+    def fused(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """(fused features (B, hidden), gate (B, hidden) in (0, 1))."""
+        v, g, gate = self._branch_features(batch)
         return v + gate * g, gate
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-        h, _ = self.fused(batch)
-        return self.head(self.dropout(h))
+        return self.branches(batch)[0]
+
+    def branches(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Logits (B, C) of the fused head, of vision alone and of place and date alone."""
+        v, g, gate = self._branch_features(batch)
+        fused = self.head(self.dropout(v + gate * g))
+        return fused, self.vision_head(self.dropout(v)), self.geo_head(self.dropout(g))
 
 
 def late_fusion_logits(

@@ -9,6 +9,9 @@ A task module (`classification.py`, `masked_autoencoding.py`, ...) provides:
     summarize(outputs) -> {metric: value}          host metrics of a set of examples
     example_scores(outputs) -> {metric: (N,)}      per-example values of the mean metrics (bootstrap CIs)
     BASELINES            optional; True: scored beside the frequency and kNN-in-space baselines
+    log_prior(train_labels, C), fit(outputs, log_prior) -> {name: value}, apply_fit(outputs, fitted,
+                         log_prior) -> outputs    optional: something fitted on the VALIDATION outputs (never
+                         on test; e.g. the late fusion exponent) and applied to every subset's outputs
     prediction_columns(outputs, species_names, class_names) -> {column: values}   predictions.parquet
     SPECIES_COLUMNS, species_scores(outputs, select, species) -> [...]            per_species.csv
     write_figures(outputs, class_names, out_dir, step)                            extra report pictures

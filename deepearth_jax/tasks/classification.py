@@ -19,7 +19,12 @@ BASELINES = True
 
 def loss(model, inputs, labels, mask):
     """Mean cross-entropy over labelled, unmasked examples, and the sums of loss and top-1 hits."""
-    logits = model(inputs).astype(jnp.float32)
+    return cross_entropy(model(inputs), labels, mask)
+
+
+def cross_entropy(logits, labels, mask):
+    """`loss` for given logits (B, C): (mean cross-entropy, {"loss_sum", "top1_sum", "count"})."""
+    logits = logits.astype(jnp.float32)
     weight = (mask & (labels >= 0)).astype(jnp.float32)
     # One-hot rather than a gather: the gather's gradient is a scatter whose output sharding is ambiguous
     # under explicit mesh axes (jax >= 0.12 refuses it inside the on-device epoch).
@@ -39,7 +44,12 @@ def eval_constants(store) -> dict:
 def eval_outputs(model, inputs, labels, species, constants) -> dict:
     """`top5` (B, k) int32 classes best first (k = min(5, C)), `top5_prob` (B, k) float32 softmax
     probabilities, `loss` (B,) cross-entropy (0 where the label is -1)."""
-    logits = model(inputs).astype(jnp.float32)
+    return outputs_of_logits(model(inputs), labels)
+
+
+def outputs_of_logits(logits, labels) -> dict:
+    """`eval_outputs` for given logits (B, C)."""
+    logits = logits.astype(jnp.float32)
     k = min(TOP_K, logits.shape[-1])
     log_probs = jax.nn.log_softmax(logits)
     top_log_probs, top = jax.lax.top_k(log_probs, k)
