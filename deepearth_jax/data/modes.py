@@ -6,6 +6,7 @@
 | vision        | vision (B, T, H, W, D)       | vision embeddings              |
 | vision_pooled | vision_pooled (B, D)         | vision embeddings (pooled once) |
 | multimodal    | language, vision             | both                           |
+| multimodal_geo | language, vision, location, time | both                        |
 | geo           | location (B, 3), time (B, 6) | place and date of each row     |
 | vision_geo    | vision_pooled, location, time | vision embeddings              |
 
@@ -22,6 +23,7 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "vision": ("vision",),
     "vision_pooled": ("vision_pooled",),
     "multimodal": ("language", "vision"),
+    "multimodal_geo": ("language", "vision", "location", "time"),
     "geo": ("location", "time"),
     "vision_geo": ("vision_pooled", "location", "time"),
 }
@@ -51,7 +53,7 @@ def embedding_keys(mode: str) -> tuple[str, ...]:
 
 def needs_vision(mode: str) -> bool:
     """Whether `mode` reads vision embeddings (full tokens or pooled), so rows without one are left out."""
-    return mode in ("vision", "vision_pooled", "multimodal", "vision_geo")
+    return mode in ("vision", "vision_pooled", "multimodal", "multimodal_geo", "vision_geo")
 
 
 def needs_place_and_date(mode: str) -> bool:

@@ -7,13 +7,14 @@
 | attentive_probe     | vision (or vision_pooled)  | logits (B, C)     | hidden, dropout, num_heads,         |
 |                     |                            |                   | num_queries, mlp_ratio (4.0)        |
 | mae                 | language + vision(_pooled) | dict (see mae.py) | hidden, dropout, shared_dim,        |
-|                     |                            |                   | mask_ratio                          |
+|                     | (+ location, time)         |                   | mask_ratio, space_time, encoder     |
 | geo_prior           | location, time             | logits (B, C)     | hidden (one width), blocks, dropout,|
 |                     |                            |                   | encoder (Earth4DConfig fields)      |
 | vision_geo          | vision_pooled, location,   | logits (B, C)     | hidden, geo_blocks, head, dropout,  |
 |                     | time                       |                   | encoder                             |
 
-The geo models also need `input_dims["earth4d_normalizer"]`: the region box fitted on the training rows.
+The geo models (and the MAE with `space_time`) also need `input_dims["earth4d_normalizer"]`: the region
+box fitted on the training rows.
 
 A model is registered by one builder in BUILDERS below; which task trains it is the config's `task`.
 Imports nothing of the project beyond this package.
@@ -28,7 +29,7 @@ from flax import nnx
 
 from .classifiers import AttentiveProbeClassifier, LanguageClassifier, VisionClassifier
 from .geo_prior import GeoPrior
-from .mae import MultimodalMaskedAutoencoder
+from .mae import MultimodalMaskedAutoencoder, SpaceTimeToken
 from .vision_geo import VisionGeoClassifier
 
 __all__ = ["BUILDERS", "create_model"]
@@ -83,15 +84,21 @@ def _attentive_probe(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nn
 def _mae(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     """num_classes is not used: the MAE predicts no classes."""
     fields = _mlp_fields(m)
-    return MultimodalMaskedAutoencoder(
+    shared_dim = int(m.get("shared_dim", 512))
+    model = MultimodalMaskedAutoencoder(
         _dim(dims, "vision", "mae"),
         _dim(dims, "language", "mae"),
-        shared_dim=int(m.get("shared_dim", 512)),
+        shared_dim=shared_dim,
         hidden=fields["hidden"],
         mask_ratio=float(m.get("mask_ratio", 0.5)),
         dropout=fields["dropout"],
         rngs=rngs,
     )
+    if bool(m.get("space_time", False)):
+        model.space_time = SpaceTimeToken(
+            _normalizer(dims, "mae (space_time)"), _encoder(m), shared_dim, rngs=rngs
+        )
+    return model
 
 
 def _normalizer(dims: Mapping[str, Any], name: str) -> dict:

@@ -12,6 +12,13 @@ Training masks a random `mask_ratio` of the input features of each modality (set
   toward the prediction; the reconstruction losses keep the latents informative.
 - `loss`: the sum of the four.
 
+Space-time token (`space_time=True`): the Earth4D encoding of the observation's place and date
+(`batch["location"]` (B, 3), `batch["time"]` (B, 6)) is projected into the shared space (Linear + LayerNorm +
+ReLU) and added to each modality's latent where it is decoded or predicted across, so reconstructing the
+masked features and predicting the other modality can use where and when the observation was made. The token
+is context, never masked and never reconstructed; the latents themselves (and so the cross-modal targets)
+stay those of the modality alone. Off, the model is exactly the two-modality autoencoder.
+
 Vision enters pooled: `batch["vision_pooled"]` (B, D), else the mean over (T, H, W) of `batch["vision"]`.
 Retrieval names a species from vision alone: the predicted language latent against the latents of ALL species'
 language vectors (cosine similarity), so it can name species never seen in training.
@@ -20,12 +27,15 @@ language vectors (cosine similarity), so it can name species never seen in train
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from .classifiers import MLP, pooled_vision, torch_layer_norm, torch_linear
+from .earth4d import Earth4D, Earth4DConfig, Earth4DNormalizer
+from .geo_prior import as_normalizer
 
 LOSS_NAMES = ("recon_vision", "recon_language", "vision_to_language", "language_to_vision")
 
@@ -54,6 +64,25 @@ def _masked_mse(reconstruction: jax.Array, target: jax.Array, masked: jax.Array)
     return jnp.sum(weight * (reconstruction - target) ** 2, axis=-1) / jnp.sum(weight, axis=-1)
 
 
+class SpaceTimeToken(nnx.Module):
+    """Place and date -> Earth4D -> Linear + LayerNorm + ReLU: (B, shared), the MAE's space-time token."""
+
+    def __init__(
+        self,
+        normalizer: Earth4DNormalizer | Mapping[str, float],
+        encoder: Earth4DConfig | Mapping[str, Any] | None,
+        shared_dim: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.normalizer = as_normalizer(normalizer)
+        self.encoder = Earth4D(encoder, rngs=rngs)
+        self.projection = Encoder(self.encoder.output_dim, shared_dim, rngs=rngs)
+
+    def __call__(self, location: jax.Array, time: jax.Array) -> jax.Array:
+        return self.projection(self.encoder(self.normalizer(location, time)))
+
+
 class MultimodalMaskedAutoencoder(nnx.Module):
     """Vision (B, D) and language (B, L) -> a dict of latents, reconstructions, predictions and losses.
 
@@ -71,8 +100,11 @@ class MultimodalMaskedAutoencoder(nnx.Module):
         hidden: Sequence[int] = (512,),
         mask_ratio: float = 0.5,
         dropout: float = 0.0,
+        space_time: SpaceTimeToken | None = None,
         rngs: nnx.Rngs,
     ):
+        """`space_time`: the space-time token (built by the caller, after the modules below, so that a model
+        without it draws exactly the parameters it always did), or None."""
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mae: mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
@@ -84,6 +116,7 @@ class MultimodalMaskedAutoencoder(nnx.Module):
         self.vision_to_language = MLP(shared_dim, hidden, shared_dim, dropout, rngs=rngs)
         self.language_to_vision = MLP(shared_dim, hidden, shared_dim, dropout, rngs=rngs)
         self.mask_rngs = rngs["mask"].fork()
+        self.space_time = nnx.data(space_time)  # a submodule or None (no leaves: the tree is unchanged)
 
     def _mask(self, x: jax.Array) -> jax.Array:
         """(B, F) bool, True = masked: a Bernoulli(mask_ratio) draw per feature in training, none in eval."""
@@ -105,11 +138,16 @@ class MultimodalMaskedAutoencoder(nnx.Module):
             vision_target, language_target = vision_latent, language_latent
         else:
             vision_target, language_target = self.vision_encoder(vision), self.language_encoder(language)
-        predicted_language = self.vision_to_language(vision_latent)
-        predicted_vision = self.language_to_vision(language_latent)
+        # With the space-time token, decoders and cross predictors read each latent in its place and date.
+        vision_in, language_in = vision_latent, language_latent
+        if self.space_time is not None:
+            context = self.space_time(batch["location"], batch["time"])
+            vision_in, language_in = vision_latent + context, language_latent + context
+        predicted_language = self.vision_to_language(vision_in)
+        predicted_vision = self.language_to_vision(language_in)
         out = {
-            "recon_vision": _masked_mse(self.vision_decoder(vision_latent), vision, vision_masked),
-            "recon_language": _masked_mse(self.language_decoder(language_latent), language, language_masked),
+            "recon_vision": _masked_mse(self.vision_decoder(vision_in), vision, vision_masked),
+            "recon_language": _masked_mse(self.language_decoder(language_in), language, language_masked),
             "vision_to_language": _cosine_distance(
                 predicted_language, jax.lax.stop_gradient(language_target)
             ),
