@@ -80,14 +80,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Place and date of random batches: the Central Florida box over 2010..2025 (the demo's region).
+_BOX = {"south": 28.03, "north": 28.98, "west": -81.93, "east": -80.90}
+_NORMALIZER = {"lat0": 28.5, "lon0": -81.4, "span_km": 120.0, "day0": 14_610.0, "day_span": 5_844.0}
+
+
 def input_dims_of(config: Any) -> dict[str, Any]:
-    """{"language": L, "vision": D, "vision_shape": (T, H, W, D)} from the config's demo-store shapes."""
+    """{"language": L, "vision": D, "vision_shape": (T, H, W, D)} from the config's demo-store shapes, and the
+    Earth4D normaliser of the demo's region when the mode reads place and date."""
     vision_shape = tuple(int(v) for v in config.demo.vision_shape)
-    return {
+    dims = {
         "language": int(config.demo.language_dim),
         "vision": vision_shape[-1],
         "vision_shape": vision_shape,
     }
+    if modes.needs_place_and_date(config.mode):
+        dims["earth4d_normalizer"] = dict(_NORMALIZER)
+    return dims
 
 
 def random_batch(config: Any, dims: dict[str, Any], batch_size: int, num_species: int, seed: int = 0) -> dict:
@@ -102,9 +111,19 @@ def random_batch(config: Any, dims: dict[str, Any], batch_size: int, num_species
         "vision": dims["vision_shape"],
         "vision_pooled": (dims["vision"],),
     }
-    for key in modes.input_keys(config.mode):
+    for key in modes.embedding_keys(config.mode):
         values = rng.standard_normal((batch_size, *shapes[key]), np.float32)
         batch[key] = values.astype(np.float16) if key == "vision" else values  # tokens stored as float16
+    if modes.needs_place_and_date(config.mode):
+        lat = rng.uniform(_BOX["south"], _BOX["north"], batch_size)
+        lon = rng.uniform(_BOX["west"], _BOX["east"], batch_size)
+        batch["location"] = np.stack([lat, lon, np.full(batch_size, np.nan)], axis=1).astype(np.float32)
+        date = np.datetime64("2010-01-01") + rng.integers(0, 5_844, batch_size).astype("timedelta64[D]")
+        year = date.astype("datetime64[Y]").astype(np.int64) + 1970
+        month = date.astype("datetime64[M]").astype(np.int64) % 12 + 1
+        day = (date - date.astype("datetime64[M]")).astype(np.int64) + 1
+        clock = rng.integers(0, [24, 60, 60], (batch_size, 3))
+        batch["time"] = np.column_stack([year, month, day, clock]).astype(np.float32)
     return batch
 
 
@@ -164,7 +183,7 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
 
     graphdef, state = steps.create_train_state(
         config,
-        input_dims={"language": dims["language"], "vision": dims["vision"]},
+        input_dims={k: v for k, v in dims.items() if k != "vision_shape"},
         num_classes=num_classes,
         total_steps=1_000_000,
         mesh=mesh,

@@ -81,6 +81,10 @@ def torch_reference_model(config: Any, input_dims: dict[str, Any], num_classes: 
     if name not in TORCH_REFERENCES:
         raise ValueError(f"no PyTorch reference for model {name!r} (have: {', '.join(TORCH_REFERENCES)})")
     if name == "mae":
+        if config.model.get("space_time", False):
+            raise ValueError(
+                "the PyTorch reference MAE has no space-time token: compare configs/mae.py:space_time=false"
+            )
         return _torch_mae(config, input_dims)
     in_features = input_dims["language" if name == "language_classifier" else "vision"]
 
