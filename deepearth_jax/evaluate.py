@@ -110,11 +110,17 @@ def restore_run(workdir: str | Path, which: str = "best") -> RestoredRun:
     return RestoredRun(config, data, mesh, graphdef, state, step)
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "best") -> dict:
-    """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report; returns the metrics."""
+def evaluate_workdir(
+    workdir: str | Path, split: str = "test", which: str = "best", range_species: list[str] | None = None
+) -> dict:
+    """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report (with range maps of
+    `range_species`, default the most frequent, for a geo prior); returns the metrics."""
     workdir = Path(workdir)
     run = restore_run(workdir, which)
     config, data, mesh, state, step = run.config, run.data, run.mesh, run.state, run.step
+    unknown = sorted(set(range_species or ()) - set(data.class_names))
+    if unknown:
+        raise ValueError(f"--range-species: not a training species of this run: {', '.join(unknown)}")
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
     eval_step = steps.make_eval_step(
@@ -136,7 +142,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", which: str = "bes
 
             model = nnx.merge(run.graphdef, state).model
             model.eval()
-            range_map.plot_range_map(model, data, out_dir / "range_map.png")
+            sigmoid = config.task == "geo_presence"  # SINR's loss: each species' own presence probability
+            range_map.plot_range_map(model, data, out_dir / "range_map.png", range_species, sigmoid=sigmoid)
         print(f"step {step}: {evaluation_lib.headline(result.metrics)}")
         for group in sorted(
             {k.split("/")[1] for k in result.metrics if k.count("/") == 2 and k.endswith("/count")}
@@ -182,8 +189,9 @@ def _write_report(out_dir: Path, data, evaluator, result, step: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deepearth_jax.evaluate",
-        description="Evaluate a trained run's checkpoint: metrics, per-species CSV, confusion matrix, "
-        "predictions.",
+        description="Evaluate a trained run's checkpoint: metrics with intervals beside the frequency and "
+        "kNN baselines, per-species CSV, confusion matrix, predictions; range maps for geo priors; fusion "
+        "gains over vision alone for vision_geo.",
     )
     parser.add_argument("--workdir", required=True, type=Path, help="the run directory given to train")
     parser.add_argument(
@@ -197,11 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         default="best",
         help="best (by the config's validation best_metric, default), latest, or a step number",
     )
+    parser.add_argument(
+        "--range-species",
+        default="",
+        help="geo prior runs: comma-separated species for range_map.png (default: the 4 most frequent)",
+    )
     args = parser.parse_args(argv)
     setup_logging(timestamps=True)
 
     def command() -> int:
-        evaluate_workdir(args.workdir, args.split, args.checkpoint)
+        species = [name.strip() for name in args.range_species.split(",") if name.strip()]
+        evaluate_workdir(args.workdir, args.split, args.checkpoint, species or None)
         return 0
 
     return run_command(command, (TrainError,))

@@ -77,10 +77,11 @@ class Evaluator:
             return EvalResult({}, {})
         merged = self.run_raw(state)
         fitted: dict = {}
-        if hasattr(self.task, "fit"):  # e.g. the late fusion exponent: fitted on validation, never on test
+        # Something fitted on validation (e.g. the late fusion exponent) scores the other subsets; validation
+        # itself is reported without it (its rows would score their own fit).
+        if hasattr(self.task, "fit") and self.subset != "validation":
             prior = self._log_prior()
-            source = merged if self.subset == "validation" else self._validation_outputs(state)
-            fitted = self.task.fit(source, prior)
+            fitted = self.task.fit(self._validation_outputs(state), prior)
             merged = self.task.apply_fit(merged, fitted, prior)
         metrics = self.reduce(merged)
         metrics.update({f"{self.subset}/{k}": v for k, v in fitted.items()})

@@ -37,9 +37,12 @@ def month_day(doy: int) -> tuple[int, int]:
     return month, int(str(date)[8:10])
 
 
-def probability_grid(model, classes: np.ndarray, box: dict, year: int, doy: int) -> np.ndarray:
-    """(len(classes), GRID, GRID) softmax probabilities of `classes` on a lat/lon grid over `box` (rows north
-    to south), on day `doy` of `year` at noon."""
+def probability_grid(
+    model, classes: np.ndarray, box: dict, year: int, doy: int, sigmoid: bool = False
+) -> np.ndarray:
+    """(len(classes), GRID, GRID) probabilities of `classes` on a lat/lon grid over `box` (rows north to
+    south), on day `doy` of `year` at noon: softmax over species, or each species' own sigmoid (`sigmoid`,
+    for presence models trained with SINR's loss)."""
     lats = np.linspace(box["north"], box["south"], GRID)
     lons = np.linspace(box["west"], box["east"], GRID)
     lat, lon = (a.ravel() for a in np.meshgrid(lats, lons, indexing="ij"))
@@ -50,7 +53,9 @@ def probability_grid(model, classes: np.ndarray, box: dict, year: int, doy: int)
     @jax.jit
     def probs(location, time):
         coords = model.normalizer(location, time)
-        return jax.nn.softmax(model.logits_at(coords).astype(jnp.float32), axis=-1)[:, classes]
+        logits = model.logits_at(coords).astype(jnp.float32)
+        probabilities = jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
+        return probabilities[:, classes]
 
     out = [
         np.asarray(probs(location[i : i + _CHUNK], time[i : i + _CHUNK])) for i in range(0, len(lat), _CHUNK)
@@ -58,8 +63,16 @@ def probability_grid(model, classes: np.ndarray, box: dict, year: int, doy: int)
     return np.concatenate(out).T.reshape(len(classes), GRID, GRID)
 
 
-def plot_range_map(model, data, path: str | Path, num_species: int = NUM_SPECIES) -> Path:
-    """The PNG of the `num_species` most frequent training species' probability maps; returns its path."""
+def plot_range_map(
+    model,
+    data,
+    path: str | Path,
+    species: list[str] | None = None,
+    num_species: int = NUM_SPECIES,
+    sigmoid: bool = False,
+) -> Path:
+    """The PNG of the probability maps of `species` (training class names), by default the `num_species`
+    most frequent in training; returns its path. ValueError names an unknown species."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +90,14 @@ def plot_range_map(model, data, path: str | Path, num_species: int = NUM_SPECIES
         "east": float(lon.max() + pad_lon),
     }
     counts = np.bincount(labels[labels >= 0], minlength=len(data.class_names))
-    classes = np.argsort(-counts, kind="stable")[: min(num_species, int((counts > 0).sum()))]
+    if species:
+        index = {name: i for i, name in enumerate(data.class_names)}
+        unknown = [name for name in species if name not in index]
+        if unknown:
+            raise ValueError(f"--range-species: not a training species: {', '.join(unknown)}")
+        classes = np.asarray([index[name] for name in species])
+    else:
+        classes = np.argsort(-counts, kind="stable")[: min(num_species, int((counts > 0).sum()))]
     last_year = int(np.nanmax(year))
     peaks = [peak_day_of_year(month[labels == c], day[labels == c]) for c in classes]
     cols = min(len(classes), 2)
@@ -87,7 +107,7 @@ def plot_range_map(model, data, path: str | Path, num_species: int = NUM_SPECIES
         ax.axis("off")
     extent = (box["west"], box["east"], box["south"], box["north"])
     for ax, c, peak in zip(axes.ravel(), classes, peaks, strict=False):
-        grid = probability_grid(model, np.asarray([c]), box, last_year, peak)[0]
+        grid = probability_grid(model, np.asarray([c]), box, last_year, peak, sigmoid)[0]
         image = ax.imshow(grid, extent=extent, origin="upper", cmap="viridis", vmin=0.0, aspect="auto")
         here = labels == c
         ax.scatter(
@@ -100,7 +120,8 @@ def plot_range_map(model, data, path: str | Path, num_species: int = NUM_SPECIES
         )
         ax.set_xlabel("longitude")
         ax.set_ylabel("latitude")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="p(species | place, date)")
+        label = "p(present | place, date)" if sigmoid else "p(species | place, date)"
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label=label)
     fig.suptitle("geo prior: species probability over the region, training observations in red", fontsize=11)
     fig.tight_layout()
     path = Path(path)

@@ -118,12 +118,17 @@ def test_vision_geo_reports_branches_gains_and_an_exponent_fitted_on_validation(
         assert low <= result[f"test/{base}/top5"] <= high
 
 
-def test_geo_prior_evaluation_draws_range_maps(tiny_data, tmp_path):
+def test_geo_prior_evaluation_draws_range_maps(tiny_data, tmp_path, capsys):
     store, split = tiny_data
     train_lib.train_and_evaluate(_config("geo_prior.py:tiny", store, split, 4), tmp_path / "g")
     evaluate_lib.evaluate_workdir(tmp_path / "g")
     image = matplotlib.image.imread(tmp_path / "g" / "eval_test" / "range_map.png")
     assert image.shape[0] > 800 and image.shape[1] > 1000  # 2 x 2 panels at 110 dpi
+    # Named species; an unknown name is refused before anything is evaluated or written.
+    before = (tmp_path / "g" / "eval_test" / "metrics.json").read_bytes()
+    assert evaluate_lib.main(["--workdir", str(tmp_path / "g"), "--range-species", "Nonesuch nowhere"]) == 2
+    assert "not a training species of this run: Nonesuch nowhere" in capsys.readouterr().err
+    assert (tmp_path / "g" / "eval_test" / "metrics.json").read_bytes() == before
 
 
 def test_range_map_dates():

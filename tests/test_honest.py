@@ -144,7 +144,7 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_scored_only_for_it_
             low, high = entry[f"test/{key}_ci"]
             assert low <= entry[f"test/{key}"] <= high
         groups = {k.split("/")[1] for k in entry if k.startswith("test/") and k.count("/") == 2}
-        baselines = {"baseline_frequency", "baseline_knn"}  # reported beside the model, without intervals
+        baselines = {"baseline_frequency", "baseline_knn"}  # reported beside the model (intervals too)
         assert groups - {"unseen_species", "seen_species", "top1_ci", "top5_ci"} - baselines
         for group in groups - {"unseen_species"} - baselines:
             if f"test/{group}/top1" in entry:
