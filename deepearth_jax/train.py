@@ -185,7 +185,12 @@ def _step_calls(config, data_in: inputs.Inputs, mesh, graphdef, label_map, state
 
 
 def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta):
-    """Train steps; after each call, log / evaluate / checkpoint when `itstime`; stops on SIGTERM."""
+    """Train steps; after each call, log / evaluate / checkpoint when `itstime`; stops on SIGTERM.
+
+    Checkpoints are saved every `checkpoint_every_steps`, at the end, on SIGTERM, and after an evaluation
+    that ranks at least as well as the best saved one (the checkpoint `best_step` selects); the saves
+    depend only on the run's numbers, so a resumed run saves where an uninterrupted one does.
+    """
     total, per_epoch = data_in.total_steps, data_in.steps_per_epoch
     is_main = jax.process_index() == 0
     bar = progress_bar(total, "train", enabled=is_main, unit="step", initial=step, mininterval=1.0)
@@ -211,7 +216,8 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                     eval_metrics = evaluator.evaluate(state.state)
                     writer.write(step, epoch, eval_metrics)
                 due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
-                if due or eval_metrics is not None or stopper.requested:
+                improved = eval_metrics is not None and checkpointer.improves(eval_metrics)
+                if due or improved or stopper.requested:
                     if not checkpoint_lib.all_finite(state.state):
                         raise TrainError(
                             f"non-finite parameters at step {step}, not saved; last good checkpoint: "
