@@ -64,6 +64,8 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     check_best_metric(config.best_metric)
     with contextlib.ExitStack() as closing:
+        painter = writers.CurvesPainter(enabled=jax.process_index() == 0)
+        closing.callback(painter.close)
         data_in = inputs.create_inputs(config, workdir)
         closing.callback(data_in.close)
         data = data_in.data
@@ -106,7 +108,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         if step >= data_in.total_steps:
             tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
         return _finish(
-            config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested
+            config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested, painter
         )
 
 
@@ -259,14 +261,23 @@ def _log(config, writer, bar, metrics, step: int, epoch: float, clock: dict, las
 
 
 def _finish(
-    config, workdir: Path, data, state, checkpointer, step: int, total_steps: int, start_time, tested: dict
+    config,
+    workdir: Path,
+    data,
+    state,
+    checkpointer,
+    step: int,
+    total_steps: int,
+    start_time,
+    tested: dict,
+    painter: writers.CurvesPainter,
 ) -> dict:
     """summary.json and curves.png (process 0): "best" is the checkpoint selected on validation with its test
     metrics, "final" the last step's; test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
-    from deepearth_jax import plots
-
     path = workdir / "metrics.jsonl"
-    rows = plots.read_metrics(path) if path.exists() else []
+    rows = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
     final = {}
     for row in rows:
         final.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
@@ -294,7 +305,7 @@ def _finish(
     if jax.process_index() == 0:
         write_json_atomic(workdir / "summary.json", summary)
         if rows:
-            plots.plot_curves(rows, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
+            painter.draw(path, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
         for name, row in (("best", best), ("final", final)):
             print(f"{name} (step {row.get('step', step)}): {_headline(row)}", flush=True)
