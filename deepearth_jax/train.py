@@ -189,9 +189,9 @@ def _step_calls(config, data_in: inputs.Inputs, mesh, graphdef, label_map, state
 def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta):
     """Train steps; after each call, log / evaluate / checkpoint when `itstime`; stops on SIGTERM.
 
-    Checkpoints are saved every `checkpoint_every_steps`, at the end, on SIGTERM, and after an evaluation
-    that ranks at least as well as the best saved one (the checkpoint `best_step` selects); the saves
-    depend only on the run's numbers, so a resumed run saves where an uninterrupted one does.
+    Checkpoints are saved after an evaluation that ranks at least as well as the best saved one (the
+    checkpoint `best_step` selects), when `checkpoint_every_steps` steps have passed since the last save (so
+    a crash loses at most that many), at the end and on SIGTERM; a resumed run saves the same best ones.
     """
     total, per_epoch = data_in.total_steps, data_in.steps_per_epoch
     is_main = jax.process_index() == 0
@@ -217,7 +217,8 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                 if itstime(step, every_eval, total, advanced=advance):
                     eval_metrics = evaluator.evaluate(state.state)
                     writer.write(step, epoch, eval_metrics)
-                due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
+                since = step - (last_saved if last_saved is not None else 0)
+                due = 0 < config.checkpoint_every_steps <= since or step >= total
                 improved = eval_metrics is not None and checkpointer.improves(eval_metrics)
                 if due or improved or stopper.requested:
                     if not checkpoint_lib.all_finite(state.state):

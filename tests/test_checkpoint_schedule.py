@@ -1,4 +1,4 @@
-"""When the trainer saves: every checkpoint_every_steps, at the end, and when validation ranks best so far."""
+"""When the trainer saves: validation best so far, checkpoint_every_steps after the last save, the end."""
 
 from __future__ import annotations
 
@@ -53,18 +53,21 @@ def _train(
     return saved, summary
 
 
-def test_saves_at_the_interval_at_the_end_and_when_validation_ranks_best(tiny, tmp_path, monkeypatch):
+def test_saves_when_validation_ranks_best_an_interval_after_the_last_save_and_at_the_end(
+    tiny, tmp_path, monkeypatch
+):
     scripted = [0.1, 0.9, 0.2, 0.3, 0.9, 0.5, 0.4, 0.6]
     saved, summary = _train(
         tiny, tmp_path / "w", scripted, monkeypatch, num_steps=8, eval_every_steps=1, checkpoint_every_steps=3
     )
-    # 1, 2: best so far; 5: ties the best (the newer is kept); 3, 6: the interval; 8: the end.
-    assert saved == [1, 2, 3, 5, 6, 8]
+    # 1, 2: best so far; 5: ties the best (the newer is kept), 3 steps after the last save; 8: the end.
+    assert saved == [1, 2, 5, 8]
     assert summary["best"]["step"] == 5 and summary["best"]["validation/top1"] == 0.9
 
 
 def test_resumed_run_knows_the_best_saved_before(tiny, tmp_path, monkeypatch):
-    """A rerun that goes on from step 4 saves at 6 only for the interval: 0.5 does not beat the saved 0.9."""
+    """A rerun going on from step 4 saves at 6 only for the interval (2 steps after the save at 4): 0.5 and
+    0.4 do not beat the saved 0.9."""
     first, _ = _train(
         tiny, tmp_path / "w", [0.1, 0.9, 0.2, 0.3], monkeypatch, num_steps=4, eval_every_steps=1,
         checkpoint_every_steps=100,
@@ -72,7 +75,7 @@ def test_resumed_run_knows_the_best_saved_before(tiny, tmp_path, monkeypatch):
     assert first == [1, 2, 4]
     saved, summary = _train(
         tiny, tmp_path / "w", [0.5, 0.4, 0.95], monkeypatch, num_steps=7, eval_every_steps=1,
-        checkpoint_every_steps=6,
+        checkpoint_every_steps=2,
     )  # fmt: skip
     assert saved == [6, 7]
     assert summary["best"]["step"] == 7 and summary["best"]["validation/top1"] == 0.95
