@@ -104,6 +104,9 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
         closing.callback(writer.close)
         state, step = _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta)
+        if jax.process_index() == 0:  # metrics.jsonl is complete: drawn while the test set is evaluated
+            title = f"{config.model.name} ({config.mode})"
+            painter.start(workdir / "metrics.jsonl", workdir / "curves.png", title)
         tested = {"best": {}, "final": {}}  # a stopped run is tested when it completes
         if step >= data_in.total_steps:
             tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
@@ -306,7 +309,7 @@ def _finish(
     if jax.process_index() == 0:
         write_json_atomic(workdir / "summary.json", summary)
         if rows:
-            painter.draw(path, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
+            painter.wait()
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
         for name, row in (("best", best), ("final", final)):
             print(f"{name} (step {row.get('step', step)}): {_headline(row)}", flush=True)

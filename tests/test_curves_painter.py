@@ -18,7 +18,8 @@ def _metrics(path):
 def test_child_draws_the_curves(tmp_path):
     painter = writers.CurvesPainter(enabled=True)
     try:
-        painter.draw(_metrics(tmp_path / "m.jsonl"), tmp_path / "c.png", "t")
+        painter.start(_metrics(tmp_path / "m.jsonl"), tmp_path / "c.png", "t")
+        painter.wait()
     finally:
         painter.close()
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -30,7 +31,8 @@ def test_a_failed_child_falls_back_to_drawing_here(tmp_path, caplog):
         [sys.executable, "-c", "import sys; sys.exit('broken')"],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    painter.draw(_metrics(tmp_path / "m.jsonl"), tmp_path / "c.png", "t")
+    painter.start(_metrics(tmp_path / "m.jsonl"), tmp_path / "c.png", "t")
+    painter.wait()
     assert "the curves process failed" in caplog.text
     assert (tmp_path / "c.png").stat().st_size > 1000
 
