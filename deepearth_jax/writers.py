@@ -195,6 +195,7 @@ class CurvesPainter:
             try:
                 self._child.stdin.write(json.dumps([str(metrics_path), str(out), title]) + "\n")
                 self._child.stdin.close()
+                self._child.stdin = None  # communicate() then only waits
             except OSError:
                 pass  # the child died: wait() says so and draws here
 
@@ -209,7 +210,7 @@ class CurvesPainter:
                 if child.returncode == 0:
                     return
                 log.warning("the curves process failed (%s); drawing here", (err or "").strip()[-300:])
-            except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            except (OSError, subprocess.TimeoutExpired) as e:
                 child.kill()
                 child.wait()
                 log.warning("the curves process failed (%s); drawing here", e)
@@ -221,7 +222,7 @@ class CurvesPainter:
     def close(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, AttributeError):
                 child.stdin.close()  # an empty line: the child exits without drawing
             try:
                 child.wait(timeout=30)

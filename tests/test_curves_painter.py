@@ -15,7 +15,7 @@ def _metrics(path):
     return path
 
 
-def test_child_draws_the_curves(tmp_path):
+def test_child_draws_the_curves(tmp_path, caplog):
     painter = writers.CurvesPainter(enabled=True)
     try:
         painter.start(_metrics(tmp_path / "m.jsonl"), tmp_path / "c.png", "t")
@@ -23,6 +23,7 @@ def test_child_draws_the_curves(tmp_path):
     finally:
         painter.close()
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "failed" not in caplog.text  # drawn by the child, not by the fallback
 
 
 def test_a_failed_child_falls_back_to_drawing_here(tmp_path, caplog):
