@@ -133,6 +133,7 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(directory, options=options)
+        self._best_value: float | None = None  # of the saved checkpoints; read from disk when first needed
 
     @property
     def directory(self) -> Path:
@@ -156,6 +157,25 @@ class Checkpointer:
                 best, best_value = step, value
         return best
 
+    def _metric(self, metrics: dict | None) -> float | None:
+        value = None if metrics is None else metrics.get(self.best_metric)
+        return None if value is None or not np.isfinite(value) else float(value)
+
+    def improves(self, metrics: dict | None) -> bool:
+        """Whether `metrics` rank at least as well as every saved checkpoint's (a tie too: the newer of equal
+        checkpoints is the one kept); False when the metric is missing or not finite."""
+        value = self._metric(metrics)
+        if value is None:
+            return False
+        if self._best_value is None:
+            best_step = self.best_step()
+            if best_step is None:
+                return True
+            self._best_value = self._metric(self.manager.metrics(best_step))
+        if self._best_value is None:
+            return True
+        return value >= self._best_value if self.best_mode == "max" else value <= self._best_value
+
     def save(
         self,
         step: int,
@@ -175,6 +195,8 @@ class Checkpointer:
         clean_metrics = None
         if metrics is not None:
             clean_metrics = {k: float(v) for k, v in metrics.items() if np.isscalar(v) or np.ndim(v) == 0}
+            if self.improves(clean_metrics):
+                self._best_value = self._metric(clean_metrics)
         return self.manager.save(step, args=args, metrics=clean_metrics, force=force)
 
     def restore(self, step: int, state_template: Any) -> tuple[Any, dict, dict]:

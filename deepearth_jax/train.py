@@ -64,6 +64,8 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     check_best_metric(config.best_metric)
     with contextlib.ExitStack() as closing:
+        painter = writers.CurvesPainter(enabled=jax.process_index() == 0)
+        closing.callback(painter.close)
         data_in = inputs.create_inputs(config, workdir)
         closing.callback(data_in.close)
         data = data_in.data
@@ -102,11 +104,14 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         writer = writers.MetricWriters(workdir, jax.process_index() == 0, truncate_after=step)
         closing.callback(writer.close)
         state, step = _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta)
+        if jax.process_index() == 0:  # metrics.jsonl is complete: drawn while the test set is evaluated
+            title = f"{config.model.name} ({config.mode})"
+            painter.start(workdir / "metrics.jsonl", workdir / "curves.png", title)
         tested = {"best": {}, "final": {}}  # a stopped run is tested when it completes
         if step >= data_in.total_steps:
             tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
         return _finish(
-            config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested
+            config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested, painter
         )
 
 
@@ -185,7 +190,12 @@ def _step_calls(config, data_in: inputs.Inputs, mesh, graphdef, label_map, state
 
 
 def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, writer, meta):
-    """Train steps; after each call, log / evaluate / checkpoint when `itstime`; stops on SIGTERM."""
+    """Train steps; after each call, log / evaluate / checkpoint when `itstime`; stops on SIGTERM.
+
+    Checkpoints are saved after an evaluation that ranks at least as well as the best saved one (the
+    checkpoint `best_step` selects), when `checkpoint_every_steps` steps have passed since the last save (so
+    a crash loses at most that many), at the end and on SIGTERM; a resumed run saves the same best ones.
+    """
     total, per_epoch = data_in.total_steps, data_in.steps_per_epoch
     is_main = jax.process_index() == 0
     bar = progress_bar(total, "train", enabled=is_main, unit="step", initial=step, mininterval=1.0)
@@ -210,8 +220,10 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                 if itstime(step, every_eval, total, advanced=advance):
                     eval_metrics = evaluator.evaluate(state.state)
                     writer.write(step, epoch, eval_metrics)
-                due = itstime(step, config.checkpoint_every_steps, total, advanced=advance)
-                if due or eval_metrics is not None or stopper.requested:
+                since = step - (last_saved if last_saved is not None else 0)
+                due = 0 < config.checkpoint_every_steps <= since or step >= total
+                improved = eval_metrics is not None and checkpointer.improves(eval_metrics)
+                if due or improved or stopper.requested:
                     if not checkpoint_lib.all_finite(state.state):
                         raise TrainError(
                             f"non-finite parameters at step {step}, not saved; last good checkpoint: "
@@ -253,14 +265,23 @@ def _log(config, writer, bar, metrics, step: int, epoch: float, clock: dict, las
 
 
 def _finish(
-    config, workdir: Path, data, state, checkpointer, step: int, total_steps: int, start_time, tested: dict
+    config,
+    workdir: Path,
+    data,
+    state,
+    checkpointer,
+    step: int,
+    total_steps: int,
+    start_time,
+    tested: dict,
+    painter: writers.CurvesPainter,
 ) -> dict:
     """summary.json and curves.png (process 0): "best" is the checkpoint selected on validation with its test
     metrics, "final" the last step's; test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
-    from deepearth_jax import plots
-
     path = workdir / "metrics.jsonl"
-    rows = plots.read_metrics(path) if path.exists() else []
+    rows = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
     final = {}
     for row in rows:
         final.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
@@ -288,7 +309,7 @@ def _finish(
     if jax.process_index() == 0:
         write_json_atomic(workdir / "summary.json", summary)
         if rows:
-            plots.plot_curves(rows, workdir / "curves.png", title=f"{config.model.name} ({config.mode})")
+            painter.wait()
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
         for name, row in (("best", best), ("final", final)):
             print(f"{name} (step {row.get('step', step)}): {evaluation_lib.headline(row)}", flush=True)

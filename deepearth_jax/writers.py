@@ -7,10 +7,14 @@ file reads as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,3 +144,88 @@ class MetricWriters:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+_DRAW_CURVES = """
+import json, sys
+from deepearth_jax import plots
+line = sys.stdin.readline()
+if line.strip():
+    path, out, title = json.loads(line)
+    plots.plot_curves(plots.read_metrics(path), out, title=title)
+"""
+
+
+class CurvesPainter:
+    """Draws `curves.png` in a child process started with the run, which imports matplotlib while the run
+    trains (its import and drawing would otherwise end the run); in this process if the child fails.
+
+    `start` asks for the picture (the run goes on), `wait` returns once it is written; `close` (every exit
+    path) ends a child that was never asked to draw.
+    """
+
+    def __init__(self, enabled: bool):
+        self._child: subprocess.Popen | None = None
+        self._request: tuple[Path, Path, str] | None = None
+        if not enabled:
+            return
+        import deepearth_jax
+
+        root = str(Path(deepearth_jax.__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", _DRAW_CURVES],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        except OSError as e:
+            log.warning("could not start the curves process (%s); curves are drawn at the end", e)
+
+    def start(self, metrics_path: Path, out: Path, title: str) -> None:
+        """Asks for the curves of `metrics_path` (metrics.jsonl, complete by now) in `out` (PNG)."""
+        self._request = (metrics_path, out, title)
+        if self._child is not None:
+            try:
+                self._child.stdin.write(json.dumps([str(metrics_path), str(out), title]) + "\n")
+                self._child.stdin.close()
+                self._child.stdin = None  # communicate() then only waits
+            except OSError:
+                pass  # the child died: wait() says so and draws here
+
+    def wait(self) -> None:
+        """Returns when the picture asked for by `start` is written."""
+        child, self._child = self._child, None
+        if self._request is None:
+            return
+        if child is not None:
+            try:
+                _, err = child.communicate(timeout=300)
+                if child.returncode == 0:
+                    return
+                log.warning("the curves process failed (%s); drawing here", (err or "").strip()[-300:])
+            except (OSError, subprocess.TimeoutExpired) as e:
+                child.kill()
+                child.wait()
+                log.warning("the curves process failed (%s); drawing here", e)
+        from deepearth_jax import plots
+
+        metrics_path, out, title = self._request
+        plots.plot_curves(plots.read_metrics(metrics_path), out, title=title)
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                child.stdin.close()  # an empty line: the child exits without drawing
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
