@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.accumulate_steps = 1  # gradient accumulation (optax.MultiSteps); 1 = off
 
     c.batch_size = 32  # global, over all devices and hosts
+    # Evaluation batch, global; 0 = the training batch, or for modes of one small vector per example
+    # (language, vision_pooled, geo, vision_geo) its smallest multiple >= 256 (fewer, fuller eval steps).
+    c.eval_batch_size = 0
     c.num_epochs = 20
     c.num_steps = -1  # > 0 overrides num_epochs
     c.steps_per_call = 1  # K train steps per jit call (lax.scan over K batches)

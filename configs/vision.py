@@ -1,7 +1,9 @@
 """Vision species classifier: mean over (T, H, W) of the V-JEPA 2 tokens -> D -> 128 -> 128 -> C.
 
-Trains from the pooled-feature cache (`mode=vision_pooled`, computed once per store); `--config.mode=vision`
-streams the full tokens instead (the same model, pooling inside the jit).
+Trains from the pooled-feature cache (`mode=vision_pooled`, computed once per store), whole epochs at a time
+on the device (`device_epochs`: one vector per example fits; the quick start's costs are then the model's,
+not the per-step feed). `--config.mode=vision --config.device_epochs=false` streams the full tokens instead
+(the same model, pooling inside the jit); `--config.device_epochs=false` alone streams pooled batches.
 
     python -m deepearth_jax.train --config configs/vision.py --workdir checkpoints/vision
     python -m deepearth_jax.train --config configs/vision.py:tiny --workdir /tmp/w    # CPU smoke run
@@ -24,6 +26,8 @@ def get_config(arg: str | None = None):
     c.optimizer.lr = 1e-3
     c.batch_size = 32
     c.num_epochs = 30
+    # Whole epochs on device; the :tiny smoke run streams batches (the path the tests exercise step by step).
+    c.device_epochs = not arg.tiny
     if arg.tiny:
         common.tiny(c)
     c.lock()

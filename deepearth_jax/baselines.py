@@ -62,11 +62,29 @@ def knn_top(
     for start in range(0, len(query_km), _CHUNK):
         q = np.asarray(query_km[start : start + _CHUNK], np.float64)
         d2 = np.sum((q[:, None, :] - train_km[None, :, :]) ** 2, axis=-1)
-        nearest = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        nearest = _nearest(d2, k)
         votes = np.zeros((len(q), num_classes))
         np.add.at(votes, (np.arange(len(q))[:, None], train_labels[nearest]), 1.0)
         out[start : start + len(q)] = np.argsort(-(votes + tie), axis=1, kind="stable")[:, :top]
     return out
+
+
+def _nearest(d2: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) column indices of the k smallest of each row of `d2`, equal ties in column order: what a stable
+    argsort gives, in linear time (a partition) for every row whose k-th distance is not tied."""
+    if k >= d2.shape[1]:
+        return np.argsort(d2, axis=1, kind="stable")
+    kth = np.partition(d2, k - 1, axis=1)[:, k - 1 : k]
+    within = d2 <= kth
+    exact = within.sum(axis=1) == k  # no tie at the k-th distance: the k columns are the k nearest
+    nearest = np.empty((len(d2), k), np.int64)
+    if exact.any():
+        cols = np.nonzero(within[exact])[1].reshape(-1, k)  # the k columns of each row, in column order
+        order = np.argsort(np.take_along_axis(d2[exact], cols, axis=1), axis=1, kind="stable")
+        nearest[exact] = np.take_along_axis(cols, order, axis=1)
+    if not exact.all():
+        nearest[~exact] = np.argsort(d2[~exact], axis=1, kind="stable")[:, :k]
+    return nearest
 
 
 def accuracies(top: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -39,6 +39,7 @@ RESUMABLE_CHANGES = {
     "num_steps",
     "log_every_steps",
     "eval_every_steps",
+    "eval_batch_size",
     "checkpoint_every_steps",
     "data",
     "distributed",

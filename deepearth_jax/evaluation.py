@@ -32,6 +32,24 @@ class EvalResult:
     outputs: dict  # "row" (N,) store rows + every per-example output of the eval step
 
 
+SMALL_ROW_EVAL_BATCH = 256
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """The global evaluation batch: `config.eval_batch_size`, or when 0 the training batch, raised for modes
+    of one small vector per example to its smallest multiple >= SMALL_ROW_EVAL_BATCH (so it divides the
+    same devices and processes)."""
+    size = int(config.get("eval_batch_size", 0))
+    if size < 0:
+        raise ValueError(f"eval_batch_size must be >= 0 (0 = automatic), got {size}")
+    if size:
+        return size
+    batch = int(config.batch_size)
+    if config.mode in modes.DEVICE_EPOCH_MODES:
+        return batch * max(1, -(-SMALL_ROW_EVAL_BATCH // batch))
+    return batch
+
+
 class Evaluator:
     """Runs the jitted eval step over the validation rows (or others) and reduces the outputs to metrics."""
 
@@ -49,6 +67,8 @@ class Evaluator:
         if subset not in SUBSETS:
             raise ValueError(f"unknown subset {subset!r}; known: {', '.join(SUBSETS)}")
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
+        self.batch_size = eval_batch_size(config)
+        parallel.check_global_batch(self.batch_size, mesh)
         self.intervals = intervals
         self.task = tasks.from_config(config)
         self.rows = getattr(data, f"{subset}_rows")
@@ -97,7 +117,7 @@ class Evaluator:
                 self.data.store,
                 self.rows,
                 mode=self.config.mode,
-                global_batch_size=self.config.batch_size,
+                global_batch_size=self.batch_size,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
                 num_threads=self.config.data.num_threads,

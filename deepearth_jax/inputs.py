@@ -203,7 +203,8 @@ def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     if config.device_epochs and config.mode not in modes.DEVICE_EPOCH_MODES:
         raise TrainError(
             "device_epochs needs inputs that fit on the device: mode "
-            f"{' or '.join(modes.DEVICE_EPOCH_MODES)}, not {config.mode}"
+            f"{' or '.join(modes.DEVICE_EPOCH_MODES)}, not {config.mode} (add --config.device_epochs=false "
+            "to stream batches)"
         )
     batches = pipeline.train_batches(
         data.store,
@@ -235,13 +236,23 @@ def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     return Inputs(data, batches, steps_per_epoch, total_steps)
 
 
+DEVICE_EPOCHS_MAX_BYTES = 4 << 30  # the training inputs replicated on every device, float32
+
+
 def device_training_data(config: ml_collections.ConfigDict, data: Data, mesh) -> dict:
     """The whole training set on device, replicated (for `device_epochs`): species and the mode's input."""
     store, rows = data.store, data.train_rows
     host = {"species": store.column("species_index")[rows].astype(np.int32)}
     for key in modes.embedding_keys(config.mode):
+        source = reader.source(store, key)
+        nbytes = len(rows) * int(np.prod(source.shape[1:])) * 4
+        if nbytes > DEVICE_EPOCHS_MAX_BYTES:
+            raise TrainError(
+                f"device_epochs: the training {key} inputs take {nbytes / 2**30:.1f} GiB on every device "
+                f"(at most {DEVICE_EPOCHS_MAX_BYTES / 2**30:.0f}); add --config.device_epochs=false"
+            )
         index = store.column(reader.ROW_COLUMN[key])[rows]
-        host[key] = np.asarray(reader.source(store, key)[index], np.float32)
+        host[key] = np.asarray(source[index], np.float32)
     if modes.needs_place_and_date(config.mode):
         location, time = region.place_and_date(store, rows)
         host["location"], host["time"] = location.astype(np.float32), time.astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import test_seed
 
 from deepearth_jax import baselines
 
@@ -33,3 +34,15 @@ def test_knn_votes_among_nearest_km_with_frequency_tie_break():
 def test_km_coordinates_are_kilometre_equal():
     km = baselines.km_coordinates(np.array([0.0, 1.0]), np.array([0.0, 1.0]), lat0=0.0)
     assert np.allclose(km[1] - km[0], [111.195, 111.195])
+
+
+def test_nearest_by_partition_equals_a_stable_argsort_ties_included():
+    from deepearth_jax.baselines import _nearest
+
+    rng = np.random.default_rng(test_seed())
+    for trial in range(40):
+        q, n = rng.integers(1, 30), rng.integers(1, 50)
+        k = int(min(rng.integers(1, 25), n))
+        # Odd trials: integer distances, so the k-th distance is often tied.
+        d2 = rng.integers(0, 5, (q, n)).astype(float) if trial % 2 else rng.random((q, n))
+        np.testing.assert_array_equal(_nearest(d2, k), np.argsort(d2, axis=1, kind="stable")[:, :k])
