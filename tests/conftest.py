@@ -30,6 +30,27 @@ def _base_seed() -> int:
 BASE_SEED = _base_seed()
 
 
+def _session_compilation_cache() -> None:
+    """JAX's persistent compilation cache, fresh for this test session: the many tiny runs compile the same
+    programs again and again (a new jit per run), and the cache turns each repeat into a lookup. Removed at
+    exit; never shared with another session, so no stale program is ever reused."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return
+    directory = tempfile.mkdtemp(prefix="deepearth-tests-jax-cache-")
+    atexit.register(shutil.rmtree, directory, True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+_session_compilation_cache()
+
+
 def test_seed(salt: str = "") -> int:
     """A seed fixed by BASE_SEED, the running test's id and `salt`: different per test, equal every run."""
     current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 import pytest
 from conftest import test_seed
@@ -99,6 +98,9 @@ def test_vision_geo_reports_branches_gains_and_an_exponent_fitted_on_validation(
     )
     result = evaluate_lib.evaluate_workdir(tmp_path / "w")
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert result["test/top1"] == pytest.approx(summary["best"]["test/top1"])  # evaluate's default: the best
+    for base in ("baseline_frequency", "baseline_knn"):
+        assert result[f"test/{base}/top5"] == summary["final"][f"test/{base}/top5"]
     assert fitted_on == [
         int(summary["best"]["validation/count"])
     ]  # fitted on validation, not on the test rows
@@ -116,19 +118,6 @@ def test_vision_geo_reports_branches_gains_and_an_exponent_fitted_on_validation(
     for base in ("baseline_frequency", "baseline_knn"):
         low, high = result[f"test/{base}/top5_ci"]
         assert low <= result[f"test/{base}/top5"] <= high
-
-
-def test_geo_prior_evaluation_draws_range_maps(tiny_data, tmp_path, capsys):
-    store, split = tiny_data
-    train_lib.train_and_evaluate(_config("geo_prior.py:tiny", store, split, 4), tmp_path / "g")
-    evaluate_lib.evaluate_workdir(tmp_path / "g")
-    image = matplotlib.image.imread(tmp_path / "g" / "eval_test" / "range_map.png")
-    assert image.shape[0] > 800 and image.shape[1] > 1000  # 2 x 2 panels at 110 dpi
-    # Named species; an unknown name is refused before anything is evaluated or written.
-    before = (tmp_path / "g" / "eval_test" / "metrics.json").read_bytes()
-    assert evaluate_lib.main(["--workdir", str(tmp_path / "g"), "--range-species", "Nonesuch nowhere"]) == 2
-    assert "not a training species of this run: Nonesuch nowhere" in capsys.readouterr().err
-    assert (tmp_path / "g" / "eval_test" / "metrics.json").read_bytes() == before
 
 
 def test_range_map_dates():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -35,8 +36,9 @@ def geo_config(spec: str, store: Path, split: Path, **overrides):
     return load_config(f"{ROOT}/configs/{spec}", [f"--config.{k}={v}" for k, v in values.items()])
 
 
-@pytest.mark.parametrize("spec", ["geo_prior.py:tiny", "geo_prior.py:tiny,loss=sinr", "vision_geo.py:tiny"])
-def test_geo_configs_train_evaluate_and_report(tiny_data, tmp_path, spec):
+# vision_geo.py:tiny: tests/test_fusion.py (the same checks, and its fusion report).
+@pytest.mark.parametrize("spec", ["geo_prior.py:tiny", "geo_prior.py:tiny,loss=sinr"])
+def test_geo_configs_train_evaluate_and_report(tiny_data, tmp_path, spec, capsys):
     store, split = tiny_data
     config = geo_config(spec, store, split, num_steps=3, log_every_steps=1)
     summary = train_lib.train_and_evaluate(config, tmp_path / "w")
@@ -53,6 +55,14 @@ def test_geo_configs_train_evaluate_and_report(tiny_data, tmp_path, spec):
             assert 0.0 <= final_summary[f"test/{base}/{k}"] <= 1.0
             assert result[f"test/{base}/{k}"] == final_summary[f"test/{base}/{k}"]
     assert any(key.endswith("/baseline_knn/top5") and key.count("/") == 3 for key in result)  # per reason
+    # A range map of the four most frequent species; an unknown --range-species is refused before anything
+    # is evaluated or written.
+    image = matplotlib.image.imread(tmp_path / "w" / "eval_test" / "range_map.png")
+    assert image.shape[0] > 800 and image.shape[1] > 1000  # 2 x 2 panels at 110 dpi
+    before = (tmp_path / "w" / "eval_test" / "metrics.json").read_bytes()
+    assert evaluate_lib.main(["--workdir", str(tmp_path / "w"), "--range-species", "Nonesuch nowhere"]) == 2
+    assert "not a training species of this run: Nonesuch nowhere" in capsys.readouterr().err
+    assert (tmp_path / "w" / "eval_test" / "metrics.json").read_bytes() == before
 
 
 def test_geo_k_steps_per_call_and_resume_give_the_same_parameters(tiny_data, tmp_path):

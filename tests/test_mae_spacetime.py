@@ -110,7 +110,7 @@ def test_multimodal_geo_batches_carry_place_and_date(tiny_data):
     )
 
 
-def test_token_run_resumes_and_k_steps_exactly(tiny_data, tmp_path):
+def test_token_run_resumes_exactly_k_steps_at_a_time(tiny_data, tmp_path):
     store, split = tiny_data
 
     def config(steps: int, k: int):
@@ -118,6 +118,6 @@ def test_token_run_resumes_and_k_steps_exactly(tiny_data, tmp_path):
         values["eval_every_steps"] = 100
         return load_config(f"{ROOT}/configs/mae.py:tiny", [f"--config.{a}={b}" for a, b in values.items()])
 
-    one = train_lib.train_and_evaluate(config(6, 1), tmp_path / "k1")["params_checksum"]
+    one = train_lib.train_and_evaluate(config(6, 3), tmp_path / "k3")["params_checksum"]
     train_lib.train_and_evaluate(config(3, 3), tmp_path / "r")  # 3 steps per call, stopped at 3, resumed
     assert train_lib.train_and_evaluate(config(6, 3), tmp_path / "r")["params_checksum"] == one

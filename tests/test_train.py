@@ -292,6 +292,7 @@ def test_unknown_task_names_the_known_ones(tiny_data):
 
     store, split = tiny_data
     with pytest.raises(
-        ValueError, match="unknown task 'ranking'; known: classification, geo_presence, masked_autoencoding"
+        ValueError,
+        match="unknown task 'ranking'; known: classification, fusion, geo_presence, masked_autoencoding",
     ):
         tasks.from_config(tiny_config("vision", store, split, task="ranking"))
