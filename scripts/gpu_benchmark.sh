@@ -43,7 +43,7 @@ python3 -m deepearth_jax.benchmark step --config configs/language.py --batch-siz
 python3 -m deepearth_jax.benchmark step --config configs/vision.py --config.mode=vision \
   --config.demo.vision_shape="(8,24,24,1408)" --batch-sizes 32,64 \
   --steps-per-call 1,16 --max-batch-gb 32 $COMPARE --json "$OUT/step_vision.json" 2>&1 | tee "$OUT/step_vision.log"
-python3 -m deepearth_jax.benchmark step --config configs/mae.py --config.demo.vision_shape="(8,24,24,1408)" \
+python3 -m deepearth_jax.benchmark step --config configs/mae.py:space_time=false --config.demo.vision_shape="(8,24,24,1408)" \
   --config.demo.language_dim=7168 --batch-sizes 32,64 \
   --steps-per-call 1,16 --max-batch-gb 32 $COMPARE --json "$OUT/step_mae.json" 2>&1 | tee "$OUT/step_mae.log"
 
@@ -52,7 +52,7 @@ python3 -m deepearth_jax.benchmark encoder --points 65536 $COMPARE --json "$OUT/
 
 # End to end: streamed full-token vision training (reads the store every step).
 python3 -m deepearth_jax.train --config configs/vision.py --workdir /tmp/deepearth_bench_run \
-  --config.store="$STORE" --config.mode=vision --config.batch_size=64 --config.num_steps=300 \
+  --config.store="$STORE" --config.mode=vision --config.device_epochs=false --config.batch_size=64 --config.num_steps=300 \
   --config.eval_every_steps=100000 --config.data.num_threads=16 2>&1 | tee "$OUT/train_vision_stream.log"
 cp /tmp/deepearth_bench_run/summary.json "$OUT/train_vision_stream.json"
 echo "results in $OUT"
