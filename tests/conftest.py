@@ -93,6 +93,30 @@ def small_dataset(
     )
 
 
+def store_and_split(
+    root: Path,
+    *,
+    observations: int = 600,
+    species: int = 12,
+    vision_shape: tuple[int, int, int, int] = (2, 3, 3, 8),
+    language_dim: int = 16,
+    seed: int = 3,
+) -> tuple[Path, Path]:
+    """`(store dir, split file)`: a tiny synthetic store in `root` and its default split (seed 0)."""
+    from deepearth_jax.data import split as split_lib
+
+    store = synthetic.make_synthetic_store(
+        root / "store",
+        observations=observations,
+        species=species,
+        vision_shape=vision_shape,
+        language_dim=language_dim,
+        seed=seed,
+    )
+    split_lib.write_split(split_lib.make_split(store, seed=0), root / "split.json")
+    return root / "store", root / "split.json"
+
+
 @pytest.fixture
 def hf_source(tmp_path: Path) -> tuple[synthetic.SyntheticDataset, Path]:
     """(dataset, directory) of a tiny HF-layout dataset, fresh per test."""

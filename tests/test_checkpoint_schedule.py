@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import store_and_split
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
-from deepearth_jax.data import split as split_lib
-from deepearth_jax.data.synthetic import make_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("schedule")
-    store = make_synthetic_store(
-        root / "store", observations=600, species=12, vision_shape=(2, 3, 3, 8), language_dim=16, seed=3
-    )
-    split_lib.write_split(split_lib.make_split(store, seed=0), root / "split.json")
+    store_and_split(root)
     return root
 
 

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import test_seed
+from conftest import store_and_split, test_seed
 
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import evaluation
 from deepearth_jax import metrics as metrics_lib
 from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
-from deepearth_jax.data import split as split_lib
-from deepearth_jax.data.synthetic import make_synthetic_store
 from deepearth_jax.tasks import fusion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,13 +70,14 @@ def test_gain_interval_is_the_paired_bootstrap_interval():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusion_data")
-    store = make_synthetic_store(
-        root / "store", observations=500, species=10, vision_shape=(2, 2, 2, 8), language_dim=8, seed=4
+    return store_and_split(
+        tmp_path_factory.mktemp("fusion_data"),
+        observations=500,
+        species=10,
+        vision_shape=(2, 2, 2, 8),
+        language_dim=8,
+        seed=4,
     )
-    split_path = root / "split.json"
-    split_lib.write_split(split_lib.make_split(store, seed=0), split_path)
-    return root / "store", split_path
 
 
 def _config(spec: str, store: Path, split: Path, steps: int):

@@ -8,14 +8,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import test_seed
+from conftest import store_and_split, test_seed
 from flax import nnx
 
 from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import modes, pipeline
-from deepearth_jax.data import split as split_lib
-from deepearth_jax.data.synthetic import make_synthetic_store
 from deepearth_jax.models import create_model
 from deepearth_jax.models.earth4d import Earth4DNormalizer
 
@@ -87,13 +85,14 @@ def test_the_token_needs_a_mode_with_place_and_date():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mae_st")
-    store = make_synthetic_store(
-        root / "store", observations=400, species=10, vision_shape=(2, 2, 2, 8), language_dim=8, seed=2
+    return store_and_split(
+        tmp_path_factory.mktemp("mae_st"),
+        observations=400,
+        species=10,
+        vision_shape=(2, 2, 2, 8),
+        language_dim=8,
+        seed=2,
     )
-    split_path = root / "split.json"
-    split_lib.write_split(split_lib.make_split(store, seed=0), split_path)
-    return root / "store", split_path
 
 
 def test_multimodal_geo_batches_carry_place_and_date(tiny_data):
