@@ -118,8 +118,8 @@ class Baselines:
 
     def metrics(self, rows: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
         """{baseline: {top1, top5}} on `rows` (a subset of the fitted rows) with their `labels`."""
-        index = np.searchsorted(self.rows, np.asarray(rows, np.int64))
-        return {name: accuracies(top[index], labels) for name, top in self.top.items()}
+        per_example = self.hits(rows, labels)
+        return {name: {k: float(np.mean(v)) for k, v in hits.items()} for name, hits in per_example.items()}
 
     def hits(self, rows: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """{baseline: {top1, top5}} per-example 0/1 hits on `rows` (their means are `metrics`)."""

@@ -171,10 +171,9 @@ class Evaluator:
             if getattr(self.task, "BASELINES", False):  # the frequency and kNN baselines on the same rows
                 if self._baselines is None:
                     self._baselines = baselines.Baselines(self.data, self.rows)
-                for base, values in self._baselines.metrics(part["row"], part["labels"]).items():
-                    result.update({f"{name}/{base}/{k}": v for k, v in values.items()})
-                if self.intervals:
-                    for base, hits in self._baselines.hits(part["row"], part["labels"]).items():
+                for base, hits in self._baselines.hits(part["row"], part["labels"]).items():
+                    result.update({f"{name}/{base}/{k}": float(np.mean(v)) for k, v in hits.items()})
+                    if self.intervals:
                         result.update({f"{name}/{base}/{k}_ci": _interval(v) for k, v in hits.items()})
 
         add(prefix)

@@ -29,6 +29,12 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
         raise
 
 
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines file (metrics.jsonl), one per non-empty line."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:
     """SHA-256 of a whole file, read in blocks."""
     digest = hashlib.sha256()

@@ -5,7 +5,6 @@ The split map lives beside the split code (`deepearth_jax.data.split.map`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,16 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deepearth_jax.io import read_json_lines  # noqa: E402
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Reads metrics.jsonl: one JSON object per line (`step`, `epoch`, metric keys)."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return rows
+    return read_json_lines(path)
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

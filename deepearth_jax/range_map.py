@@ -38,29 +38,35 @@ def month_day(doy: int) -> tuple[int, int]:
 
 
 def probability_grid(
-    model, classes: np.ndarray, box: dict, year: int, doy: int, sigmoid: bool = False
+    model, classes: np.ndarray, box: dict, year: int, doys: list[int], sigmoid: bool = False
 ) -> np.ndarray:
-    """(len(classes), GRID, GRID) probabilities of `classes` on a lat/lon grid over `box` (rows north to
-    south), on day `doy` of `year` at noon: softmax over species, or each species' own sigmoid (`sigmoid`,
-    for presence models trained with SINR's loss)."""
+    """(len(classes), GRID, GRID) probability of each of `classes` on a lat/lon grid over `box` (rows north to
+    south), class i on day `doys[i]` of `year` at noon: softmax over species, or each species' own sigmoid
+    (`sigmoid`, for presence models trained with SINR's loss). One jitted program, chunks of one shape."""
     lats = np.linspace(box["north"], box["south"], GRID)
     lons = np.linspace(box["west"], box["east"], GRID)
     lat, lon = (a.ravel() for a in np.meshgrid(lats, lons, indexing="ij"))
-    month, day = month_day(doy)
-    location = np.stack([lat, lon, np.full_like(lat, np.nan)], axis=1).astype(np.float32)
-    time = np.tile(np.asarray([year, month, day, 12, 0, 0], np.float32), (len(lat), 1))
+    place = np.stack([lat, lon, np.full_like(lat, np.nan)], axis=1)
+    dates = [[year, *month_day(doy), 12, 0, 0] for doy in doys]
+    location = np.tile(place, (len(doys), 1)).astype(np.float32)
+    time = np.repeat(np.asarray(dates, np.float32), len(lat), axis=0)
+    pad = -len(location) % _CHUNK
+    location = np.concatenate([location, np.repeat(location[:1], pad, axis=0)])
+    time = np.concatenate([time, np.repeat(time[:1], pad, axis=0)])
 
     @jax.jit
     def probs(location, time):
-        coords = model.normalizer(location, time)
-        logits = model.logits_at(coords).astype(jnp.float32)
-        probabilities = jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
-        return probabilities[:, classes]
+        logits = model.logits_at(model.normalizer(location, time)).astype(jnp.float32)
+        return jax.nn.sigmoid(logits) if sigmoid else jax.nn.softmax(logits, axis=-1)
 
-    out = [
-        np.asarray(probs(location[i : i + _CHUNK], time[i : i + _CHUNK])) for i in range(0, len(lat), _CHUNK)
-    ]
-    return np.concatenate(out).T.reshape(len(classes), GRID, GRID)
+    out = np.concatenate(
+        [
+            np.asarray(probs(location[i : i + _CHUNK], time[i : i + _CHUNK]))
+            for i in range(0, len(location), _CHUNK)
+        ]
+    )
+    per_class = out[: len(doys) * len(lat)].reshape(len(doys), len(lat), -1)
+    return np.stack([per_class[i, :, c] for i, c in enumerate(classes)]).reshape(len(classes), GRID, GRID)
 
 
 def plot_range_map(
@@ -106,8 +112,8 @@ def plot_range_map(
     for ax in axes.ravel()[len(classes) :]:
         ax.axis("off")
     extent = (box["west"], box["east"], box["south"], box["north"])
-    for ax, c, peak in zip(axes.ravel(), classes, peaks, strict=False):
-        grid = probability_grid(model, np.asarray([c]), box, last_year, peak, sigmoid)[0]
+    grids = probability_grid(model, classes, box, last_year, peaks, sigmoid)
+    for ax, c, peak, grid in zip(axes.ravel(), classes, peaks, grids, strict=False):
         image = ax.imshow(grid, extent=extent, origin="upper", cmap="viridis", vmin=0.0, aspect="auto")
         here = labels == c
         ax.scatter(

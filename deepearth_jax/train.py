@@ -28,7 +28,7 @@ from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import workdir as workdir_lib
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError
-from deepearth_jax.io import progress_bar, write_json_atomic
+from deepearth_jax.io import progress_bar, read_json_lines, write_json_atomic
 
 log = logging.getLogger("deepearth_jax.train")
 
@@ -279,9 +279,7 @@ def _finish(
     """summary.json and curves.png (process 0): "best" is the checkpoint selected on validation with its test
     metrics, "final" the last step's; test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
     path = workdir / "metrics.jsonl"
-    rows = (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    rows = read_json_lines(path) if path.exists() else []  # without importing matplotlib (plots)
     final = {}
     for row in rows:
         final.update({k: v for k, v in row.items() if k not in ("step", "epoch")})

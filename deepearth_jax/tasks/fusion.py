@@ -114,8 +114,7 @@ def _branch_scores(out: dict) -> dict:
         return {}
     labels = out["labels"]
     k = min(TOP_K, out["top5"].shape[1])
-    hits = {"": {"top1": metrics_lib.topk_correct(out["top5"], labels, k=1)}}
-    hits[""]["top5"] = metrics_lib.topk_correct(out["top5"], labels, k=k)
+    hits = {"": classification.example_scores(out)}  # the fused head's
     scores = {}
     for name in BRANCHES:
         top = out[f"{name}_top5"]
