@@ -16,6 +16,7 @@ from deepearth_jax.data import convert as convert_lib
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data import synthetic
 from deepearth_jax.data.__main__ import main as data_main
+from deepearth_jax.data.convert import hf as convert_hf
 from deepearth_jax.io import progress_bar
 
 SHAPE = (2, 2, 3, 8)
@@ -424,15 +425,19 @@ def test_damaged_observations_file(hf_source, tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_row_groups_decoded_in_parallel_give_the_same_store(hf_source, tmp_path):
-    """Embeddings files of many small row groups take the parallel decoding path: same bytes."""
+@pytest.mark.parametrize("groups", [None, 3])
+def test_direct_pages_and_pyarrow_give_the_same_store(hf_source, tmp_path, monkeypatch, groups):
+    """The embeddings read from the pages (pages.py) or by pyarrow (one row group streamed, or many row
+    groups decoded in parallel): the same bytes."""
     _, source = hf_source
-    clean = convert_lib.convert(source, tmp_path / "clean")
-    for path in sorted((source / "vision_embeddings").glob("*.parquet")):
-        pq.write_table(pq.read_table(path), path, row_group_size=3)
-    assert pq.ParquetFile(path).metadata.num_row_groups > 2
-    parallel = convert_lib.convert(source, tmp_path / "parallel")
+    if groups:
+        for path in sorted((source / "vision_embeddings").glob("*.parquet")):
+            pq.write_table(pq.read_table(path), path, row_group_size=groups)
+        assert pq.ParquetFile(path).metadata.num_row_groups > 2
+    direct = convert_lib.convert(source, tmp_path / "direct")
+    monkeypatch.setattr(convert_hf, "DIRECT_PAGES", False)
+    arrow = convert_lib.convert(source, tmp_path / "pyarrow")
     for name in (store_lib.VISION_FILE, store_lib.LANGUAGE_FILE, store_lib.OBSERVATIONS_FILE):
-        assert (clean.path / name).read_bytes() == (parallel.path / name).read_bytes()
-    assert clean.manifest["arrays"] == parallel.manifest["arrays"]
-    assert clean.manifest["conversion"] == parallel.manifest["conversion"]
+        assert (direct.path / name).read_bytes() == (arrow.path / name).read_bytes()
+    assert direct.manifest["arrays"] == arrow.manifest["arrays"]
+    assert direct.manifest["conversion"] == arrow.manifest["conversion"]

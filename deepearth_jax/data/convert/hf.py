@@ -7,6 +7,7 @@ embeddings file the first row of a gbif_id wins, later ones are counted; `row_id
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -21,6 +22,7 @@ from deepearth_jax.data.background import ordered_map
 from deepearth_jax.data.convert.columns import flatten_list_column, inner_lists_ok, numbers
 from deepearth_jax.data.convert.errors import bad_row
 from deepearth_jax.data.convert.observations import Observations
+from deepearth_jax.data.convert.pages import FlatFloatColumn, NotSimple
 from deepearth_jax.data.convert.vision import (
     BATCH_BYTES,
     Meter,
@@ -39,7 +41,10 @@ from deepearth_jax.data.sources import (
 )
 from deepearth_jax.data.store import StoreError
 
-_DECODERS = 4  # threads decoding row groups at once (at most the CPU count)
+log = logging.getLogger(__name__)
+
+DIRECT_PAGES = True  # read flat float32 embedding pages directly (pages.py); False: always pyarrow
+_DECODERS = 4  # threads decoding row groups at once with pyarrow (at most the CPU count)
 _PARALLEL_ROW_GROUP_BYTES = BATCH_BYTES
 _ROWS_TO_TRY = 16  # leading rows read to find one that states its shape consistently
 
@@ -185,14 +190,13 @@ def _open_embeddings(path: Path) -> tuple[pq.ParquetFile, list[str]]:
 
 
 def _decode(batch: pa.RecordBatch, size: int) -> tuple:
-    """A batch as numpy (on the prefetch thread): ids, values, offsets, valid, shape texts, inner sizes ok."""
+    """A batch as numpy (on the prefetch thread): ids, each row's values, valid, shape texts, inner ok."""
     values, offsets, valid = flatten_list_column(batch.column("embedding"))
     names = batch.schema.names
     texts = batch.column("original_shape").to_pylist() if "original_shape" in names else None
     return (
         numbers(batch.column("gbif_id")),
-        values,
-        offsets,
+        [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
         valid,
         texts,
         inner_lists_ok(batch.column("embedding"), size),
@@ -204,10 +208,16 @@ def _decoded_batches(
 ) -> Iterator[tuple]:
     """The file's batches of `batch_rows` rows, decoded (`_decode`) ahead of the caller.
 
-    Row groups of at most _PARALLEL_ROW_GROUP_BYTES are decoded by several threads at once (pyarrow
-    releases the GIL), in order; a file of one row group, or of larger ones, is streamed a batch at a time
-    by one prefetch thread, so that memory stays bounded whatever the file's layout.
+    A flat float32 embedding column is read from its pages by one prefetch thread (`pages.py`: far less CPU
+    than pyarrow's nested-list decoding), a row group at a time, the rest of a group that leaves that path
+    by pyarrow. Otherwise pyarrow decodes: row groups of at most _PARALLEL_ROW_GROUP_BYTES by several
+    threads at once (pyarrow releases the GIL), in order; a file of one row group, or of larger ones, a
+    batch at a time on one prefetch thread, so that memory stays bounded whatever the file's layout.
     """
+    direct = FlatFloatColumn.open(path, parquet, "embedding") if DIRECT_PAGES else None
+    if direct is not None:
+        yield from prefetched(_direct_batches(direct, parquet, columns, batch_rows, size))
+        return
     meta = parquet.metadata
     sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
     if len(sizes) < 2 or max(sizes) > _PARALLEL_ROW_GROUP_BYTES:
@@ -227,6 +237,39 @@ def _decoded_batches(
         yield from decoded
 
 
+def _direct_batches(
+    direct: FlatFloatColumn, parquet: pq.ParquetFile, columns: list[str], batch_rows: int, size: int
+) -> Iterator[tuple]:
+    """`_decode`'s tuples with the embeddings read from the pages; the other columns come from pyarrow."""
+    others = [c for c in columns if c != "embedding"]
+    for group in range(parquet.metadata.num_row_groups):
+        table = parquet.read_row_group(group, columns=others)
+        ids = numbers(table.column("gbif_id"))
+        texts = table.column("original_shape").to_pylist() if "original_shape" in others else None
+        done = 0
+        try:
+            for rows in direct.batches(group, batch_rows):
+                n = len(rows)
+                if done + n > table.num_rows:
+                    raise NotSimple("more rows in the pages than in the row group")
+                part = slice(done, done + n)
+                yield ids[part], rows, np.ones(n, bool), texts[part] if texts else None, None
+                done += n
+            if done == table.num_rows:
+                continue
+            why = "fewer rows in the pages than in the row group"
+        except NotSimple as e:
+            why = str(e)
+        log.debug("%s row group %d from row %d: read by pyarrow (%s)", direct.path, group, done, why)
+        skip = done
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            yield _decode(batch.slice(skip), size)
+            skip = 0
+
+
 def copy_file(
     path: Path, wanted: list[int], shape, dtype: str, sink: VisionSink, start: int, meter: Meter
 ) -> dict:
@@ -244,9 +287,7 @@ def copy_file(
     seen: set[int] = set()
     shapes = _ShapeCheck(shape)
     batch_rows = max(1, BATCH_BYTES // (math.prod(shape) * 4))
-    for ids, values, offsets, valid, texts, inner in _decoded_batches(
-        path, parquet, columns, batch_rows, shape[-1]
-    ):
+    for ids, values, valid, texts, inner in _decoded_batches(path, parquet, columns, batch_rows, shape[-1]):
         outcome: list[tuple[int, str, str]] = []  # (gbif_id, kind, reason) in source order; kind "" to copy
         rows = []
         for i, g in enumerate(ids):
@@ -266,11 +307,11 @@ def copy_file(
             elif texts is not None:
                 kind, reason = shapes.problem(texts[i])
             if not kind:
-                rows.append(values[offsets[i] : offsets[i + 1]])
+                rows.append(values[i])
             outcome.append((g, kind, reason))
         copied = _record(record, outcome, sink.copy_rows(rows, start + len(record["gbif_ids"])))
-        meter.update(copied, int(values.nbytes))
-        del values, offsets, rows
+        meter.update(copied, sum(int(v.nbytes) for v in values))
+        del values, rows
     record["bad"].extend(
         bad_row(g, "missing_embedding", f"no row in {path.name}", "vision") for g in wanted if g not in seen
     )
