@@ -320,15 +320,19 @@ def _prefixed(data: memoryview, at: int) -> tuple[memoryview, int]:
 
 def _runs(data: memoryview, width: int, count: int) -> Iterator[tuple[int, int, np.ndarray | int]]:
     """The RLE/bit-packed hybrid runs of `count` levels (or dictionary indices) of `width` bits:
-    `(first index, length, value or values)`. Neighbouring bit-packed runs come as one (an encoder
-    writes at most 504 values per run; unpacking them together costs one numpy call, not one each)."""
+    `(first index, length, value or values)`.
+
+    Neighbouring bit-packed runs come as one, unpacked by one numpy call: an encoder writes at most 504
+    values per run, so a dictionary-encoded page of 6.5 M indices holds ~13,000 of them, and a stretch of
+    runs with the same one-byte header is found and stripped of its headers with numpy, not one by one."""
     if not 0 <= width <= 32:
         raise NotSimple(f"a bit width of {width}")
     at = index = 0
     step = (width + 7) // 8
-    packed: list[memoryview] = []  # bit-packed runs not yet unpacked, from index `first`
+    packed: list[np.ndarray] = []  # bytes of bit-packed runs not yet unpacked, from index `first`
     first = packed_values = 0
     while index < count:
+        start = at
         header = shift = 0
         while True:  # a ULEB128 run header
             if at >= len(data):
@@ -346,15 +350,24 @@ def _runs(data: memoryview, width: int, count: int) -> Iterator[tuple[int, int, 
             nbytes = groups * width
             if groups == 0 or at + nbytes > len(data):
                 raise NotSimple("a malformed level run")
-            if not packed:
+            runs = 1
+            if at - start == 1 and 8 * groups < count - index:  # more runs like it may follow
+                stride = 1 + nbytes
+                most = min((len(data) - start) // stride, -(-(count - index) // (8 * groups)))
+                block = np.ndarray((most, stride), np.uint8, data, start)
+                heads = block[:, 0] == header
+                runs = most if heads.all() else int(np.argmin(heads))
+                packed.append(block[:runs, 1:].reshape(-1))
+            else:
+                packed.append(np.frombuffer(data, np.uint8, nbytes, at))
+            if len(packed) == 1:
                 first, packed_values = index, 0
-            packed.append(data[at : at + nbytes])
-            packed_values += 8 * groups
-            index += min(8 * groups, count - index)
-            at += nbytes
+            packed_values += 8 * groups * runs
+            index += min(8 * groups * runs, count - index)
+            at = start + runs * (at - start + nbytes)
             continue
         if packed:
-            yield first, index - first, _unpacked(b"".join(packed), width, packed_values)[: index - first]
+            yield first, index - first, _unpacked(packed, width, packed_values)[: index - first]
             packed = []
         length = header >> 1  # a run of `length` copies of one value
         if length == 0 or at + step > len(data):
@@ -365,23 +378,26 @@ def _runs(data: memoryview, width: int, count: int) -> Iterator[tuple[int, int, 
         at += step
         index += length
     if packed:
-        yield first, index - first, _unpacked(b"".join(packed), width, packed_values)[: index - first]
+        yield first, index - first, _unpacked(packed, width, packed_values)[: index - first]
 
 
-def _unpacked(data: bytes, width: int, n: int) -> np.ndarray:
-    """`n` values of `width` bits packed least significant bit first (n a multiple of 8)."""
+def _unpacked(packed: list[np.ndarray], width: int, n: int) -> np.ndarray:
+    """The `n` values (a multiple of 8) of `width` bits packed least significant bit first in `packed`."""
     if width == 0:
         return np.zeros(n, np.uint32)
-    raw = np.frombuffer(data, np.uint8, n * width // 8)
+    raw = packed[0] if len(packed) == 1 else np.concatenate(packed)
     if width == 1:
         return np.unpackbits(raw, bitorder="little")
+    groups = n // 8
     padded = np.zeros(len(raw) + 8, np.uint8)
     padded[: len(raw)] = raw
-    # Every value lies within the 8 bytes from its first byte: read them as one little-endian word.
-    words = np.ndarray((len(raw) + 1,), "<u8", padded, 0, (1,))
-    bit = np.arange(n, dtype=np.int64) * width
-    value = words[bit >> 3] >> (bit & 7).astype(np.uint64)
-    return (value & np.uint64((1 << width) - 1)).astype(np.uint32)
+    out = np.empty((8, groups), np.uint32)
+    mask = np.uint64((1 << width) - 1)
+    for j in range(8):  # value j of every group of 8 starts at bit j * width of the group's `width` bytes
+        bit = j * width
+        words = np.ndarray((groups,), "<u8", padded, bit >> 3, (width,))  # unaligned, strided: no copy
+        np.bitwise_and(words >> np.uint64(bit & 7), mask, out=out[j], casting="unsafe")
+    return out.T.reshape(-1)
 
 
 def _levels(data: memoryview, width: int, count: int) -> np.ndarray:
