@@ -13,7 +13,8 @@ How it runs:
      anything is written.
   3. Vision rows are copied one source unit at a time (an embeddings file, or a chunk of ~256 MB of the
      mmap) straight into `vision.npy`, in source order. Reading, casting and writing overlap: a prefetch
-     thread decodes the next batches of ~64 MB while a pool of threads checks and casts this one in
+     thread decodes the next batches of ~64 MB (a flat float32 embedding column straight from its Parquet
+     pages, `pages.py`; anything else by pyarrow) while a pool of threads checks and casts this one in
      cache-sized pieces and writes the good rows with pwrite, and one thread hashes them (the checksum
      chunks) in row order. Once a unit's rows are durable (fsync, in the background while the next unit is
      copied) it is recorded in the incomplete manifest, so a rerun of the same command resumes after the
