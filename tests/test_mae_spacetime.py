@@ -63,8 +63,8 @@ def test_token_carries_place_and_date_and_nothing_else():
 def test_without_the_token_the_model_is_the_two_modality_autoencoder():
     rng = np.random.default_rng(test_seed())
     off, on = _model(False), _model(True)
-    params_off = nnx.state(off, nnx.Param).flat_state()
-    params_on = nnx.state(on, nnx.Param).flat_state()
+    params_off = nnx.to_flat_state(nnx.state(off, nnx.Param))
+    params_on = nnx.to_flat_state(nnx.state(on, nnx.Param))
     assert not any("space_time" in map(str, path) for path, _ in params_off)
     # The token is built after the other modules: they draw exactly the same parameters either way.
     on_shared = {path: v for path, v in params_on if "space_time" not in map(str, path)}
