@@ -116,13 +116,9 @@ class Baselines:
             ),
         }
 
-    def metrics(self, rows: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-        """{baseline: {top1, top5}} on `rows` (a subset of the fitted rows) with their `labels`."""
-        per_example = self.hits(rows, labels)
-        return {name: {k: float(np.mean(v)) for k, v in hits.items()} for name, hits in per_example.items()}
-
     def hits(self, rows: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """{baseline: {top1, top5}} per-example 0/1 hits on `rows` (their means are `metrics`)."""
+        """{baseline: {top1, top5}} per-example 0/1 hits on `rows` (a subset of the fitted rows) with their
+        `labels`; their means are the accuracies, their bootstrap the intervals."""
         index = np.searchsorted(self.rows, np.asarray(rows, np.int64))
         return {
             name: {
