@@ -340,10 +340,15 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     return config, workdir
 
 
+def compilation_cache_dir() -> Path:
+    """Where the train CLI keeps JAX's persistent compilation cache unless JAX is told otherwise."""
+    return inputs.default_cache_dir() / "jax_compile"
+
+
 def _enable_compilation_cache() -> None:
     """JAX's persistent compilation cache in the demo cache dir: a rerun skips compiling (same programs)."""
     if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", str(inputs.default_cache_dir() / "jax_compile"))
+        jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

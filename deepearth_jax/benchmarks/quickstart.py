@@ -88,10 +88,9 @@ def _timed(argv: list[str]) -> tuple[float, str]:
 
 def _cache_entries() -> int:
     """Files in the train CLI's compilation cache (JAX_COMPILATION_CACHE_DIR or the demo cache's)."""
-    default = (
-        Path(os.environ.get("DEEPEARTH_CACHE", Path.home() / ".cache" / "deepearth_jax")) / "jax_compile"
-    )
-    directory = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or default)
+    from deepearth_jax.train import compilation_cache_dir
+
+    directory = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or compilation_cache_dir())
     return sum(1 for _ in directory.iterdir()) if directory.is_dir() else 0
 
 
