@@ -27,13 +27,10 @@ from deepearth_jax import parallel, region
 from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.errors import TrainError  # noqa: F401  (re-exported)
 from deepearth_jax.io import file_sha256
 
 log = logging.getLogger(__name__)
-
-
-class TrainError(ValueError):
-    """A run that cannot start or go on; the message is one line for the user."""
 
 
 def default_cache_dir() -> Path:

@@ -13,11 +13,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from deepearth_jax.errors import WorkdirError
+
 LOCK_NAME = "run.lock"
-
-
-class WorkdirError(ValueError):
-    """The workdir cannot be used (a regular file, unwritable, or locked by another trainer)."""
 
 
 def prepare(workdir: Path) -> None:

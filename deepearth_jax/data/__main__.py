@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from deepearth_jax.errors import CliError
+
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "synth": (
@@ -20,10 +22,6 @@ SUBCOMMANDS = {
     "info": ("deepearth_jax.data.cli_store", "print a store's counts, shapes, bytes and species"),
     "split": ("deepearth_jax.data.split.cli", "make a spatiotemporal train/test split (or block CV folds)"),
 }
-
-
-class CliError(Exception):
-    """Bad input on the command line: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deepearth_jax.errors import StoreError  # noqa: F401  (re-exported: callers import it from here)
 from deepearth_jax.io import file_sha256, format_bytes, write_json_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,6 @@ SPECIES_SCHEMA = pa.schema(
         ("num_vision", pa.int64()),
     ]
 )
-
-
-class StoreError(Exception):
-    """A store that cannot be opened or written as asked; the message is one line for the user."""
 
 
 def utc_now() -> str:
