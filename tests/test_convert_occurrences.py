@@ -239,6 +239,17 @@ def test_darwin_core_archive(tmp_path):
         convert(taxon, tmp_path / "t")
 
 
+def test_a_zipped_simple_download(tmp_path):
+    """GBIF delivers a simple download as a zip of one tab-separated file (named .csv), no meta.xml."""
+    source = gbif_tsv(tmp_path / "0001234-260101000000000.csv", bad=False)
+    with zipfile.ZipFile(tmp_path / "download.zip", "w") as z:
+        z.write(source, source.name)
+    store = convert(tmp_path / "download.zip", tmp_path / "s")
+    assert store.observation_ids.tolist() == [f"{g}_1" for g, *_ in GOOD]
+    read = store.manifest["provenance"]["read"]
+    assert read["delimiter"] == "\t" and read["archive"] == "download.zip"
+
+
 def test_a_table_without_the_darwin_core_columns_is_refused(tmp_path):
     (tmp_path / "x.tsv").write_text("id\tname\tlat\n1\tA a\t3\n")
     with pytest.raises(StoreError, match=r"lacks the Darwin Core column\(s\) decimalLatitude; decimalLong"):
@@ -253,9 +264,10 @@ def occurrence_store(tmp_path_factory):
     lines = ["\t".join(GBIF_COLUMNS)]
     sites = rng.uniform([28.0, -81.9], [28.9, -81.0], (6, 2))
     for i in range(360):
-        s = i % 3
-        lat, lon = sites[(2 * s + i % 2)] + rng.normal(0, 0.01, 2)
-        date = f"{2015 + i % 6}-{1 + (4 * s + i % 3) % 12:02d}-{1 + i % 28:02d}"
+        site = int(rng.integers(6))
+        s = site // 2  # two sites per species, each species in its own season
+        lat, lon = sites[site] + rng.normal(0, 0.01, 2)
+        date = f"{rng.integers(2015, 2021)}-{1 + 4 * s + int(rng.integers(3)):02d}-{rng.integers(1, 29):02d}"
         row = dict(gbifID=1000 + i, species=f"Species {'abc'[s]}", decimalLatitude=round(lat, 5))
         row.update(decimalLongitude=round(lon, 5), eventDate=date, speciesKey=s + 1)
         lines.append(_gbif_row(row))
@@ -275,6 +287,7 @@ def test_split_train_evaluate_geo_prior_and_refuse_embedding_modes(occurrence_st
     assert strategy["spatial_split"]["candidate_pool"] == "all"
     split = split_lib.load_split(split_path)
     assert len(split.ids) == 360
+    assert split.raw["split_statistics"]["temporal_test_count"] > 0
     # Asking for 2025 explicitly is still refused.
     explicit = ["split", str(store_path), "--out", str(tmp_path / "x.json"), "--test-years", "2025"]
     assert data_main(explicit) == 2

@@ -18,6 +18,7 @@ no hand-written parser:
 
 from __future__ import annotations
 
+import csv
 import os
 import zipfile
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ def _read_archive(path: Path) -> RawOccurrences:
         archive = DwCAReader(str(path), skip_metadata=True)
     except (InvalidArchive, OSError, zipfile.BadZipFile) as e:
         raise StoreError(f"cannot read the Darwin Core Archive {path}: {e}") from None
-    except (ElementTree.ParseError, AttributeError, TypeError, ValueError) as e:  # meta.xml not XML, no core
+    except (ElementTree.ParseError, csv.Error, AttributeError, TypeError, ValueError) as e:
+        # meta.xml that is not XML or has no core; a lone data file whose header has no delimiter
         raise StoreError(f"cannot read the Darwin Core Archive {path}: meta.xml: {e}") from None
     try:
         descriptor = archive.core_file.file_descriptor

@@ -42,7 +42,10 @@ def detect_layout(source: Path) -> str:
         if (source / name).is_symlink() and not (source / name).exists():
             raise StoreError(f"source {source}: {name} is a broken symlink or a symlink loop")
     if not (source / HF_OBSERVATIONS_FILE).is_file():
-        raise StoreError(f"source {source} has no {HF_OBSERVATIONS_FILE}")
+        raise StoreError(
+            f"source {source} has no {HF_OBSERVATIONS_FILE} (for an occurrence table, give the file itself, "
+            "or a Darwin Core Archive directory with meta.xml)"
+        )
     if (source / DASHBOARD_MMAP_FILE).is_file():
         if not (source / DASHBOARD_INDEX_FILE).is_file():
             raise StoreError(f"source {source} has embeddings.mmap but no embeddings_index.db")
