@@ -374,5 +374,7 @@ def observation_table(
     for name, values in (optional or {}).items():
         if name not in fields:
             raise StoreError(f"{name!r} is not an optional observation column ({', '.join(fields)})")
-        table = table.append_column(fields[name], pa.array(values, fields[name].type))
+        if not isinstance(values, pa.Array | pa.ChunkedArray):
+            values = pa.array(values, fields[name].type)
+        table = table.append_column(fields[name], values.cast(fields[name].type))
     return table.select(observation_schema(table.column_names).names)

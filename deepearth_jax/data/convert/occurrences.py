@@ -72,20 +72,25 @@ def numbers(column: pa.Array | None, n: int) -> np.ndarray:
         raise StoreError(f"a column of type {column.type} cannot be read as numbers: {e}") from None
 
 
-def texts(column: pa.Array | None, n: int) -> list[str | None]:
-    """A column as stripped Python strings, None where null or blank; whole numbers without a `.0`."""
+def texts(column: pa.Array | None, n: int) -> pa.Array:
+    """A column as stripped text, null where null or blank; whole numbers without a `.0` (a Parquet float
+    taxonKey 2735055.0 is "2735055")."""
     if column is None:
-        return [None] * n
+        return pa.nulls(n, pa.string())
     if pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False)
-        whole = np.isfinite(values) & (values == np.round(values))
-        pairs = zip(values, whole, strict=True)
-        return [str(int(v)) if w else (None if np.isnan(v) else str(v)) for v, w in pairs]
-    out = []
-    for value in column.cast(pa.string()).to_pylist():
-        value = value.strip() if value is not None else None
-        out.append(value or None)
-    return out
+        finite = values[np.isfinite(values)]
+        if (finite == np.round(finite)).all() and (np.abs(finite) < 2.0**62).all():
+            column = column.cast(pa.int64(), safe=False)
+    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def codes(column: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """`(code per row (-1: null), distinct values)` of a text column (pyarrow's dictionary encoding)."""
+    encoded = pc.dictionary_encode(column)
+    index = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return index, encoded.dictionary.to_pylist()
 
 
 def _shown(raw: pa.Array | None, i: int) -> str:
@@ -103,7 +108,7 @@ def _observation_ids(
     gbif = np.where(gbif_ok, gbif_f, -1).astype(np.int64)
     gbif_id, image = np.full(n, -1, np.int64), np.ones(n, np.int64)
     scheme = np.zeros(n, np.int8)
-    occ_text = [None] * n
+    occ_text = pa.nulls(n, pa.string())
     if occ_col is not None:
         occ = occ_col.cast(pa.string())
         parts = pc.extract_regex(occ, _PAIR_ID)
@@ -115,14 +120,15 @@ def _observation_ids(
         occ_text = texts(occ, n)
     use_gbif = (scheme == 0) & gbif_ok
     gbif_id[use_gbif], scheme[use_gbif] = gbif[use_gbif], 2
-    present = np.array([v is not None for v in texts(gbif_col, n)], bool) if gbif_col is not None else None
-    bad = (scheme == 0) & present if present is not None else np.zeros(n, bool)
+    present = texts(gbif_col, n).is_valid().to_numpy(zero_copy_only=False)
+    bad = (scheme == 0) & present
     flags.flag(
         bad, "bad_id", lambda i: f"row {i + 1}: gbifID {_shown(gbif_col, i)} is not a whole number >= 0"
     )
-    for i in np.flatnonzero((scheme == 0) & ~bad):
-        if occ_text[i] is not None:
-            digest = int(hashlib.sha256(occ_text[i].encode()).hexdigest()[:16], 16)
+    for i in np.flatnonzero((scheme == 0) & ~bad):  # rows without a usable id: few, one by one
+        text = occ_text[int(i)].as_py()
+        if text is not None:
+            digest = int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
             gbif_id[i], scheme[i] = DERIVED_ID_BASE + digest % (8 * 10**18), 3
         else:
             gbif_id[i], scheme[i] = ROW_ID_BASE + i + 1, 4
@@ -144,31 +150,26 @@ def _digits(values: pa.Array) -> np.ndarray:
     return values.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
 
 
-def _labels(cols: dict, n: int, flags: _Flags) -> tuple[list[str | None], list[str | None], dict]:
-    """`(species name per row, taxon key per row, what was used)` by the module docstring's rules."""
+def _labels(cols: dict, n: int, flags: _Flags) -> tuple[np.ndarray, list[str], np.ndarray, list[str], dict]:
+    """`(name code per row, names, key code per row, keys, what was used)` by the module docstring's rules
+    (codes -1 where absent)."""
     label = "species" if "species" in cols else "scientificName"
-    names = texts(cols[label], n)
-    key_column = next(
-        (c for c in (("speciesKey", "taxonKey") if label == "species" else ("taxonKey",)) if c in cols), None
-    )
-    keys = texts(cols.get(key_column), n) if key_column else [None] * n
-    if label == "species":
-        scientific = texts(cols.get("scientificName"), n)
+    name_code, names = codes(texts(cols[label], n))
+    candidates = ("speciesKey", "taxonKey") if label == "species" else ("taxonKey",)
+    key_column = next((c for c in candidates if c in cols), None)
+    key_code, keys = codes(texts(cols.get(key_column), n))
+    scientific = cols.get("scientificName") if label == "species" else None
 
-        def reason(i: int) -> str:
-            above = (
-                f" (scientificName {scientific[i]!r}: identified above species rank?)"
-                if scientific[i]
-                else ""
-            )
-            return f"row {i + 1}: no species{above}"
-    else:
-
-        def reason(i: int) -> str:
+    def reason(i: int) -> str:
+        if label != "species":
             return f"row {i + 1}: no scientificName"
+        name = None if scientific is None else scientific[int(i)].as_py()
+        return f"row {i + 1}: no species" + (
+            f" (scientificName {name!r}: above species rank?)" if name else ""
+        )
 
-    flags.flag(np.array([v is None for v in names], bool), "missing_taxon", reason)
-    return names, keys, {"name_column": label, "key_column": key_column}
+    flags.flag(name_code < 0, "missing_taxon", reason)
+    return name_code, names, key_code, keys, {"name_column": label, "key_column": key_column}
 
 
 def _check_columns(raw: RawOccurrences, source: Path) -> None:
@@ -211,24 +212,29 @@ def _validate_dates(cols: dict, n: int, flags: _Flags) -> tuple[dict, dict]:
     return dates, rule
 
 
-def _species(names: list, keys: list, rows: np.ndarray) -> tuple[list[str], list[str], np.ndarray, int]:
-    """`(names, taxon ids, species index per kept row, names with several keys)`; species sorted by name."""
-    kept_names = [names[i] for i in rows]
-    order = sorted(set(kept_names))
-    index = {name: s for s, name in enumerate(order)}
-    by_name: dict[str, Counter] = {}
-    for i in rows:
-        if keys[i] is not None:
-            by_name.setdefault(names[i], Counter())[keys[i]] += 1
-    taxon_ids, conflicting = [], 0
-    for name in order:
-        counter = by_name.get(name)
-        if counter:
-            conflicting += len(counter) > 1
-            taxon_ids.append(counter.most_common(1)[0][0])  # ties: the first seen
-        else:
-            taxon_ids.append("name-sha1:" + hashlib.sha1(name.encode()).hexdigest()[:12])
-    return order, taxon_ids, np.array([index[v] for v in kept_names], np.int32), conflicting
+def _species(
+    name_code: np.ndarray, names: list[str], key_code: np.ndarray, keys: list[str], rows: np.ndarray
+) -> tuple[list[str], list[str], np.ndarray, int]:
+    """`(names, taxon ids, species index per kept row, names with several keys)`; species sorted by name,
+    each with the most common key among its rows (ties: the one seen first)."""
+    present = np.unique(name_code[rows])
+    order = sorted(present.tolist(), key=lambda c: names[c])
+    species_of = np.full(len(names), -1, np.int64)
+    species_of[order] = np.arange(len(order))
+    species_index = species_of[name_code[rows]].astype(np.int32)
+    keyed = rows[key_code[rows] >= 0]
+    pairs = species_of[name_code[keyed]] * (len(keys) + 1) + key_code[keyed]
+    pair, first, count = np.unique(pairs, return_index=True, return_counts=True)
+    pair_species, pair_key = pair // (len(keys) + 1), pair % (len(keys) + 1)
+    best = np.lexsort((first, -count, pair_species))  # per species: most rows, then first seen
+    starts = np.flatnonzero(np.diff(pair_species[best], prepend=-1) != 0)
+    chosen = dict(zip(pair_species[best][starts].tolist(), pair_key[best][starts].tolist(), strict=True))
+    taxon_ids = [
+        keys[chosen[s]] if s in chosen else "name-sha1:" + hashlib.sha1(names[c].encode()).hexdigest()[:12]
+        for s, c in enumerate(order)
+    ]
+    conflicting = int((np.bincount(pair_species, minlength=len(order)) > 1).sum())
+    return [names[c] for c in order], taxon_ids, species_index, conflicting
 
 
 def convert_occurrences(
@@ -253,10 +259,10 @@ def convert_occurrences(
     flags = _Flags(n)
     gbif_id, image, id_ok, id_scheme = _observation_ids(cols, n, flags)
     if "occurrenceStatus" in cols:
-        status = texts(cols["occurrenceStatus"], n)
-        absent = np.array([s is not None and s.upper() == "ABSENT" for s in status], bool)
+        status = pc.utf8_upper(texts(cols["occurrenceStatus"], n))
+        absent = pc.fill_null(pc.equal(status, "ABSENT"), False).to_numpy(zero_copy_only=False)
         flags.flag(absent, "absent", lambda i: f"row {i + 1}: occurrenceStatus ABSENT (an absence)")
-    names, keys, taxon_info = _labels(cols, n, flags)
+    name_code, names, key_code, keys, taxon_info = _labels(cols, n, flags)
     lat, lon = _validate_place(cols, n, flags)
     dates, date_rule = _validate_dates(cols, n, flags)
     bad = [
@@ -275,19 +281,18 @@ def convert_occurrences(
     rows = np.flatnonzero(np.array([k is None for k in flags.kinds], bool))
     if not len(rows):
         raise ConvertError(f"{source} has no usable observation ({n} row(s) read)", bad)
-    species_names, taxon_ids, species_index, conflicting = _species(names, keys, rows)
+    species_names, taxon_ids, species_index, conflicting = _species(name_code, names, key_code, keys, rows)
     optional = {}
     if "coordinateUncertaintyInMeters" in cols:
         metres = numbers(cols["coordinateUncertaintyInMeters"], n)[rows]
         optional["coordinate_uncertainty_m"] = pa.array(metres, mask=~(np.isfinite(metres) & (metres >= 0)))
     if "basisOfRecord" in cols:
-        optional["basis_of_record"] = texts(cols["basisOfRecord"], n)
-        optional["basis_of_record"] = [optional["basis_of_record"][i] for i in rows]
+        optional["basis_of_record"] = texts(cols["basisOfRecord"], n).take(pa.array(rows))
     none = [None] * len(rows)
     observations = observation_table(
         gbif_id=gbif_id[rows],
-        taxon_id=[taxon_ids[s] for s in species_index],
-        taxon_name=[species_names[s] for s in species_index],
+        taxon_id=np.asarray(taxon_ids, object)[species_index].tolist(),
+        taxon_name=np.asarray(species_names, object)[species_index].tolist(),
         species_index=species_index,
         latitude=lat[rows],
         longitude=lon[rows],
