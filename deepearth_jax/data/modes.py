@@ -11,7 +11,8 @@
 | vision_geo    | vision_pooled, location, time | vision embeddings              |
 
 `location` and `time` are float32 columns of the observation table, read for every batch; the geo modes keep
-only rows with a finite latitude, longitude and date (`usable_rows`).
+only rows with a finite latitude, longitude and date (`usable_rows`). An observation-only store (a converted
+occurrence table: no embeddings) serves `geo` alone; `check_store` refuses every other mode on it in one line.
 """
 
 from __future__ import annotations
