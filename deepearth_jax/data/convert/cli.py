@@ -31,7 +31,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("float16", "float32"),
         default="float16",
-        help="vision dtype in the store (default float16, half the bytes; rows that overflow it are bad)",
+        help="vision dtype in the store (default float16, half the bytes; rows that overflow it are bad); "
+        "an occurrence table has no vision, so it does not apply there",
     )
     p.add_argument(
         "--vision-shape",

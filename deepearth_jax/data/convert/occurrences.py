@@ -23,9 +23,10 @@ each kept row and no embeddings (the geo modes train on it). Columns, by their D
   * kept as store columns when present: `coordinateUncertaintyInMeters` -> coordinate_uncertainty_m
     (null where absent, negative or not a number), `basisOfRecord` -> basis_of_record. Elevation is not read.
 
-Bad rows are counted by kind, as the HF conversion does (errors.BAD_KINDS): without `--skip-bad` the command
-fails naming the counts and the first ids, and writes nothing; with it they are left out and listed in the
-manifest's `skipped`. Species are ordered by name; observations keep the file's order.
+Bad rows are counted by kind, as the HF conversion does (errors.BAD_KINDS; reasons name `row N`, the 1-based
+data row after the header): without `--skip-bad` the command fails naming the counts and the first ids, and
+writes nothing; with it they are left out and listed in the manifest's `skipped`. Species are ordered by name;
+observations keep the file's order.
 """
 
 from __future__ import annotations
