@@ -250,6 +250,15 @@ def test_a_zipped_simple_download(tmp_path):
     assert read["delimiter"] == "\t" and read["archive"] == "download.zip"
 
 
+def test_a_gzipped_download(tmp_path):
+    import gzip
+
+    source = gbif_tsv(tmp_path / "occ.tsv", bad=False)
+    (tmp_path / "occ.tsv.gz").write_bytes(gzip.compress(source.read_bytes()))
+    store = convert(tmp_path / "occ.tsv.gz", tmp_path / "s")
+    assert store.observation_ids.tolist() == [f"{g}_1" for g, *_ in GOOD]
+
+
 def test_a_table_without_the_darwin_core_columns_is_refused(tmp_path):
     (tmp_path / "x.tsv").write_text("id\tname\tlat\n1\tA a\t3\n")
     with pytest.raises(StoreError, match=r"lacks the Darwin Core column\(s\) decimalLatitude; decimalLong"):

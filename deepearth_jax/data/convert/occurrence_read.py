@@ -5,10 +5,10 @@ term names: decimalLatitude, eventDate, species, ...) as Arrow arrays, and how t
 pyarrow's (`pyarrow.csv`, `pyarrow.parquet`) and, for archives, python-dwca-reader's reading of meta.xml;
 no hand-written parser:
 
-  * text (`.tsv`, `.txt`, `.csv`, ...): the delimiter is the header line's tab if it has one (a GBIF simple
-    download, which is tab-separated and *unquoted*: a `"` in a value is text, so quote_char=False), else its
-    comma (then `"` quotes values, as in CSV), else its semicolon. Every column is read as text, so that one
-    bad value makes one bad row (counted), never an unreadable file.
+  * text (`.tsv`, `.txt`, `.csv`, ..., or those compressed as `.gz` / `.bz2`): the delimiter is the header
+    line's tab if it has one (a GBIF simple download, which is tab-separated and *unquoted*: a `"` in a value
+    is text, so quote_char=False), else its comma (then `"` quotes values, as in CSV), else its semicolon.
+    Every column is read as text, so that one bad value makes one bad row (counted), never an unreadable file.
   * Parquet (`.parquet`, `.pq`): `pq.read_table` of the columns present.
   * Darwin Core Archive (a `.zip`, or a directory with `meta.xml`): python-dwca-reader reads meta.xml (the
     core file, its delimiter, quote, encoding, header lines, and which column holds which term, defaults
@@ -96,8 +96,11 @@ def _finish(table: pa.Table, source_format: str, details: dict) -> RawOccurrence
 
 def _sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
     """The header line's delimiter: tab, else comma, else semicolon (StoreError when it has none)."""
-    with open(path, "rb") as f:
-        header = f.readline(1 << 20).decode(encoding, errors="replace")
+    try:  # pyarrow's stream undoes .gz / .bz2 compression, as its CSV reader does
+        with pa.input_stream(str(path), compression="detect") as f:
+            header = f.read(1 << 20).split(b"\n", 1)[0].decode(encoding, errors="replace")
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"cannot read {path}: {e}") from None
     for delimiter in ("\t", ",", ";"):
         if delimiter in header:
             return delimiter
