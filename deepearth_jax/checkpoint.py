@@ -303,20 +303,85 @@ def _check_same_run(saved: dict, meta: dict, workdir: Path) -> None:
 
 
 class StopOnSigterm:
-    """Turns SIGTERM into a flag (`requested`) the loop checks, so it saves a checkpoint and stops cleanly."""
+    """SIGTERM -> save and stop at a loop call that every process agrees on, so all save the same step.
+
+    Every process asks `reached(step)` once per loop call, in the same order (the loop is the same program
+    on every host); it answers True, from then on, on the call at which the run saves and stops. How the
+    processes agree (`how`):
+
+    - "local" (one process): this handler's flag; the call after the signal stops.
+    - "jax" (several processes, JAX's preemption service, on by default in `jax.distributed.initialize`):
+      JAX's own SIGTERM handler tells the coordination service, which tells every process; they agree in
+      the background on the call after the furthest one (`multihost_utils.reached_preemption_sync_point`,
+      what Orbax's `CheckpointManager.reached_preemption` and MaxText ask). No Python handler is installed:
+      it would replace JAX's. The counter passed is the number of calls, not the step (a call advances K
+      steps; the protocol's sync point is "furthest counter + 1").
+    - "allgather" (several processes without that service: `jax_enable_preemption_service=False`, or its
+      handler replaced by someone's Python one): this handler's flag, OR-ed over processes by one tiny
+      allgather per call (a host sync per call).
+    """
 
     def __init__(self):
-        self.requested = False
+        self.requested = False  # agreed: this process saves and stops at the current call
+        self._signalled = False  # this process received SIGTERM (modes "local" and "allgather")
         self._previous = None
+        self._calls = 0
+        self.how = _agreement()
 
     def __enter__(self) -> StopOnSigterm:
-        if threading.current_thread() is threading.main_thread():
+        if self.how != "jax" and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        # A second SIGTERM changes nothing: the save of the first is under way or one call away.
+        self._signalled = True
+
+    def reached(self, step: int) -> bool:
+        """Whether the run saves and stops after this call (`step`: the step reached, for the log)."""
+        if self.requested:
+            return True
+        self._calls += 1
+        if self.how == "jax":
+            from jax.experimental import multihost_utils
+
+            agreed = multihost_utils.reached_preemption_sync_point(self._calls)
+        elif self.how == "allgather":
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.asarray(self._signalled, np.int32))
+            agreed = bool(np.any(flags))
+        else:
+            agreed = self._signalled
+        if agreed:
+            self.requested = True
+            log.warning(
+                "SIGTERM: process %d of %d stops at step %d (agreed: %s)",
+                jax.process_index(),
+                jax.process_count(),
+                step,
+                self.how,
+            )
+        return self.requested
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _agreement() -> str:
+    """How the processes agree on the stopping call: "local", "jax" or "allgather" (see StopOnSigterm)."""
+    if jax.process_count() == 1:
+        return "local"
+    from jax.experimental import multihost_utils
+
+    try:
+        multihost_utils.reached_preemption_sync_point(0)  # raises when the service is off
+    except RuntimeError:
+        return "allgather"
+    # Python's record of the handler misses JAX's (installed in C by `jax.distributed.initialize`); a Python
+    # handler there may have replaced JAX's, so then this process's own flag is shared instead.
+    if callable(signal.getsignal(signal.SIGTERM)):
+        log.warning("SIGTERM's handler is not JAX's preemption notifier; agreeing by an allgather per call")
+        return "allgather"
+    return "jax"
