@@ -183,11 +183,16 @@ def _checkpoint_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
-def test_sigterm_on_one_process_stops_both_at_the_same_step(data, tmp_path):
-    """SIGTERM reaches process 1 only (a scheduler signals hosts one by one): both save the same step, exit
-    143 without hanging, and rerunning both resumes bit-identically to an uninterrupted run."""
-    run = ["--config.steps_per_call=2", "--config.checkpoint_every_steps=10", "--config.log_every_steps=1000"]
-    procs = _two_processes(data, tmp_path / "w", tmp_path / "logs", *run, "--config.num_steps=100000")
+RUN = ["--config.steps_per_call=2", "--config.checkpoint_every_steps=10", "--config.log_every_steps=1000"]
+
+
+def _sigterm_one_of_two(data, tmp_path: Path, env: dict | None = None) -> tuple[int, list[str]]:
+    """Starts a long two-process run, sends SIGTERM to process 1 only once both are in the loop (a
+    scheduler signals hosts one by one) and checks that both save the same step and exit 143 within a
+    bounded time; returns `(that step, each process's output)`."""
+    procs = _two_processes(
+        data, tmp_path / "w", tmp_path / "logs", *RUN, "--config.num_steps=100000", env=env
+    )
     deadline = time.monotonic() + 240
     while not _checkpoint_steps(tmp_path / "w"):  # both are in the loop (the first save is collective)
         if any(p.poll() is not None for p, _ in procs) or time.monotonic() > deadline:
@@ -203,9 +208,16 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(data, tmp_path):
     step = stopped[0]
     assert stopped == [step, step] and _checkpoint_steps(tmp_path / "w")[-1] == step
     assert f"SIGTERM: saved step {step} " in ended[0][1]
+    return step, [out for _, out in ended]
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step(data, tmp_path):
+    """Through JAX's preemption sync point; rerunning both resumes bit-identically to an uninterrupted run."""
+    step, outs = _sigterm_one_of_two(data, tmp_path)
+    assert all("(agreed: jax)" in out for out in outs)
     # Resume both to step + 4, beside an uninterrupted run of step + 4 (constant learning rate: the run
     # length changes nothing else).
-    more = [*run, f"--config.num_steps={step + 4}"]
+    more = [*RUN, f"--config.num_steps={step + 4}"]
     resumed = _two_processes(data, tmp_path / "w", tmp_path / "logs_resumed", *more)
     reference = _two_processes(data, tmp_path / "ref", tmp_path / "logs_ref", *more)
     for code, out in _wait_all(resumed + reference, timeout=300):
@@ -215,3 +227,9 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step(data, tmp_path):
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert got["steps"] == ref["steps"] == step + 4
     assert got["params_checksum"] == ref["params_checksum"]
+
+
+def test_sigterm_on_one_process_without_jax_preemption_service(data, tmp_path):
+    """With JAX's preemption service off, the processes agree by an allgather of their flags per call."""
+    _, outs = _sigterm_one_of_two(data, tmp_path, env={"JAX_ENABLE_PREEMPTION_SERVICE": "false"})
+    assert all("(agreed: allgather)" in out for out in outs)
