@@ -334,8 +334,7 @@ class StopOnSigterm:
         return self
 
     def _handle(self, signum, frame) -> None:
-        # A second SIGTERM changes nothing: the save of the first is under way or one call away.
-        self._signalled = True
+        self._signalled = True  # a second SIGTERM changes nothing: the first's save is one call away
 
     def reached(self, step: int) -> bool:
         """Whether the run saves and stops after this call (`step`: the step reached, for the log)."""
@@ -365,7 +364,9 @@ class StopOnSigterm:
         return self.requested
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        # A stopping run keeps ignoring SIGTERM until it exits (143): the save it waits for and its summary
+        # are not cut short by a second one (the scheduler's SIGKILL stays the hard stop).
+        if self._previous is not None and not self.requested:
             signal.signal(signal.SIGTERM, self._previous)
 
 
