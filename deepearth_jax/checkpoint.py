@@ -90,6 +90,17 @@ def all_finite(state: Any) -> bool:
     return True if not leaves else bool(_finite(leaves))
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, except that it leaves JAX's preemption sync point to the loop (`StopOnSigterm`).
+
+    Orbax asks it with the step being saved (from `save`, and later from its finalize thread); the sync
+    point compares one counter per process, so those calls would overwrite the loop's (one per loop call)
+    and could put the agreed stopping call out of reach (e.g. 2 x the steps when K = 2)."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """Latest + best checkpoints of a training run in `directory`.
 
@@ -133,7 +144,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(directory, options=options)
+        self.manager = _Manager(directory, options=options)
         self._best_value: float | None = None  # of the saved checkpoints; read from disk when first needed
 
     @property
@@ -315,7 +326,8 @@ class StopOnSigterm:
       the background on the call after the furthest one (`multihost_utils.reached_preemption_sync_point`,
       what Orbax's `CheckpointManager.reached_preemption` and MaxText ask). No Python handler is installed:
       it would replace JAX's. The counter passed is the number of calls, not the step (a call advances K
-      steps; the protocol's sync point is "furthest counter + 1").
+      steps; the protocol's sync point is "furthest counter + 1"); so that the loop alone sets that counter,
+      the Checkpointer's Orbax manager does not ask the sync point itself (`_Manager`).
     - "allgather" (several processes without that service: `jax_enable_preemption_service=False`, or its
       handler replaced by someone's Python one): this handler's flag, OR-ed over processes by one tiny
       allgather per call (a host sync per call).
