@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
@@ -291,8 +292,6 @@ def _set_aside(checkpointer: Checkpointer, steps: list[int]) -> None:
             (checkpointer.directory / str(step)).rename(target)
             log.warning("moved the damaged checkpoint of step %d to %s", step, target)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("damaged checkpoints set aside")
     checkpointer.manager.reload()
 
@@ -320,7 +319,7 @@ class StopOnSigterm:
     on every host); it answers True, from then on, on the call at which the run saves and stops. How the
     processes agree (`how`):
 
-    - "local" (one process): this handler's flag; the call after the signal stops.
+    - "local" (one process): this handler's flag; the call the signal arrived in is the last.
     - "jax" (several processes, JAX's preemption service, on by default in `jax.distributed.initialize`):
       JAX's own SIGTERM handler tells the coordination service, which tells every process; they agree in
       the background on the call after the furthest one (`multihost_utils.reached_preemption_sync_point`,
@@ -333,7 +332,7 @@ class StopOnSigterm:
       allgather per call (a host sync per call).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False  # agreed: this process saves and stops at the current call
         self._signalled = False  # this process received SIGTERM (modes "local" and "allgather")
         self._previous = None
@@ -354,12 +353,8 @@ class StopOnSigterm:
             return True
         self._calls += 1
         if self.how == "jax":
-            from jax.experimental import multihost_utils
-
             agreed = multihost_utils.reached_preemption_sync_point(self._calls)
         elif self.how == "allgather":
-            from jax.experimental import multihost_utils
-
             flags = multihost_utils.process_allgather(np.asarray(self._signalled, np.int32))
             agreed = bool(np.any(flags))
         else:
@@ -386,8 +381,6 @@ def _agreement() -> str:
     """How the processes agree on the stopping call: "local", "jax" or "allgather" (see StopOnSigterm)."""
     if jax.process_count() == 1:
         return "local"
-    from jax.experimental import multihost_utils
-
     try:
         multihost_utils.reached_preemption_sync_point(0)  # raises when the service is off
     except RuntimeError:
