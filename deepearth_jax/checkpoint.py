@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,17 @@ def all_finite(state: Any) -> bool:
     return True if not leaves else bool(_finite(leaves))
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, except that it leaves JAX's preemption sync point to the loop (`StopOnSigterm`).
+
+    Orbax asks it with the step being saved (from `save`, and later from its finalize thread); the sync
+    point compares one counter per process, so those calls would overwrite the loop's (one per loop call)
+    and could put the agreed stopping call out of reach (e.g. 2 x the steps when K = 2)."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """Latest + best checkpoints of a training run in `directory`.
 
@@ -133,7 +145,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(directory, options=options)
+        self.manager = _Manager(directory, options=options)
         self._best_value: float | None = None  # of the saved checkpoints; read from disk when first needed
 
     @property
@@ -280,8 +292,6 @@ def _set_aside(checkpointer: Checkpointer, steps: list[int]) -> None:
             (checkpointer.directory / str(step)).rename(target)
             log.warning("moved the damaged checkpoint of step %d to %s", step, target)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("damaged checkpoints set aside")
     checkpointer.manager.reload()
 
@@ -303,20 +313,81 @@ def _check_same_run(saved: dict, meta: dict, workdir: Path) -> None:
 
 
 class StopOnSigterm:
-    """Turns SIGTERM into a flag (`requested`) the loop checks, so it saves a checkpoint and stops cleanly."""
+    """SIGTERM -> save and stop at a loop call that every process agrees on, so all save the same step.
 
-    def __init__(self):
-        self.requested = False
+    Every process asks `reached(step)` once per loop call, in the same order (the loop is the same program
+    on every host); it answers True, from then on, on the call at which the run saves and stops. How the
+    processes agree (`how`):
+
+    - "local" (one process): this handler's flag; the call the signal arrived in is the last.
+    - "jax" (several processes, JAX's preemption service, on by default in `jax.distributed.initialize`):
+      JAX's own SIGTERM handler tells the coordination service, which tells every process; they agree in
+      the background on the call after the furthest one (`multihost_utils.reached_preemption_sync_point`,
+      what Orbax's `CheckpointManager.reached_preemption` and MaxText ask). No Python handler is installed:
+      it would replace JAX's. The counter passed is the number of calls, not the step (a call advances K
+      steps; the protocol's sync point is "furthest counter + 1"); so that the loop alone sets that counter,
+      the Checkpointer's Orbax manager does not ask the sync point itself (`_Manager`).
+    - "allgather" (several processes without that service: `jax_enable_preemption_service=False`, or its
+      handler replaced by someone's Python one): this handler's flag, OR-ed over processes by one tiny
+      allgather per call (a host sync per call).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False  # agreed: this process saves and stops at the current call
+        self._signalled = False  # this process received SIGTERM (modes "local" and "allgather")
         self._previous = None
+        self._calls = 0
+        self.how = _agreement()
 
     def __enter__(self) -> StopOnSigterm:
-        if threading.current_thread() is threading.main_thread():
+        if self.how != "jax" and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self._signalled = True  # a second SIGTERM changes nothing: the first's save is one call away
+
+    def reached(self, step: int) -> bool:
+        """Whether the run saves and stops after this call (`step`: the step reached, for the log)."""
+        if self.requested:
+            return True
+        self._calls += 1
+        if self.how == "jax":
+            agreed = multihost_utils.reached_preemption_sync_point(self._calls)
+        elif self.how == "allgather":
+            flags = multihost_utils.process_allgather(np.asarray(self._signalled, np.int32))
+            agreed = bool(np.any(flags))
+        else:
+            agreed = self._signalled
+        if agreed:
+            self.requested = True
+            log.warning(
+                "SIGTERM: process %d of %d stops at step %d (agreed: %s)",
+                jax.process_index(),
+                jax.process_count(),
+                step,
+                self.how,
+            )
+        return self.requested
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        # A stopping run keeps ignoring SIGTERM until it exits (143): the save it waits for and its summary
+        # are not cut short by a second one (the scheduler's SIGKILL stays the hard stop).
+        if self._previous is not None and not self.requested:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _agreement() -> str:
+    """How the processes agree on the stopping call: "local", "jax" or "allgather" (see StopOnSigterm)."""
+    if jax.process_count() == 1:
+        return "local"
+    try:
+        multihost_utils.reached_preemption_sync_point(0)  # raises when the service is off
+    except RuntimeError:
+        return "allgather"
+    # Python's record of the handler misses JAX's (installed in C by `jax.distributed.initialize`); a Python
+    # handler there may have replaced JAX's, so then this process's own flag is shared instead.
+    if callable(signal.getsignal(signal.SIGTERM)):
+        log.warning("SIGTERM's handler is not JAX's preemption notifier; agreeing by an allgather per call")
+        return "allgather"
+    return "jax"

@@ -194,7 +194,8 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
 
     Checkpoints are saved after an evaluation that ranks at least as well as the best saved one (the
     checkpoint `best_step` selects), when `checkpoint_every_steps` steps have passed since the last save (so
-    a crash loses at most that many), at the end and on SIGTERM; a resumed run saves the same best ones.
+    a crash loses at most that many), at the end and on SIGTERM (on any process: all stop at the same call);
+    a resumed run saves the same best ones.
     """
     total, per_epoch = data_in.total_steps, data_in.steps_per_epoch
     is_main = jax.process_index() == 0
@@ -208,6 +209,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
             for advance, call, data_state in calls:
                 state, metrics = call(state, metrics)
                 step += advance
+                stop = stopper.reached(step)  # the same answer on every process (SIGTERM on any of them)
                 epoch = step / per_epoch
                 if itstime(step, per_epoch, total, advanced=advance) or itstime(
                     step, config.log_every_steps, total, advanced=advance
@@ -223,7 +225,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                 since = step - (last_saved if last_saved is not None else 0)
                 due = 0 < config.checkpoint_every_steps <= since or step >= total
                 improved = eval_metrics is not None and checkpointer.improves(eval_metrics)
-                if due or improved or stopper.requested:
+                if due or improved or stop:
                     if not checkpoint_lib.all_finite(state.state):
                         raise TrainError(
                             f"non-finite parameters at step {step}, not saved; last good checkpoint: "
@@ -237,7 +239,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                     last_saved = step
                 clock["paused"] += time.time() - pause_start
                 bar.update(advance)
-                if stopper.requested:
+                if stop:
                     break
         checkpointer.wait()
     finally:

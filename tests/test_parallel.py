@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -131,3 +134,102 @@ def test_global_batch_must_divide_over_devices():
             parallel.check_global_batch(mesh.shape["data"] + 1, mesh)
     with pytest.raises(ValueError, match="device"):
         parallel.make_mesh(len(jax.devices()) + 1)
+
+
+def _two_processes(data, workdir: Path, logs: Path, *extra: str, env: dict | None = None) -> list:
+    """`[(process, its log file)]`: processes 0 and 1 of a two-process run on localhost."""
+    port, procs = _free_port(), []
+    logs.mkdir(parents=True, exist_ok=True)
+    for pid in range(2):
+        args = _train_args(
+            data,
+            workdir,
+            "--config.distributed.mode=on",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={pid}",
+            *extra,
+        )
+        with open(logs / f"{pid}.log", "w") as out:
+            proc = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "JAX_NUM_CPU_DEVICES": "1", **(env or {})},
+            )
+        procs.append((proc, logs / f"{pid}.log"))
+    return procs
+
+
+def _wait_all(procs: list, timeout: float) -> list[tuple[int, str]]:
+    """`(exit status, output)` of each process; kills all and fails when any is still running at `timeout`."""
+    deadline = time.monotonic() + timeout
+    try:
+        for p, _ in procs:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for p, _ in procs:
+            p.kill()
+        for p, _ in procs:
+            p.wait()
+        tails = "\n".join(log.read_text()[-1500:] for _, log in procs)
+        pytest.fail(f"the processes did not all end within {timeout:.0f} s (a hang):\n{tails}")
+    return [(p.returncode, log.read_text()) for p, log in procs]
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    root = workdir / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+RUN = ["--config.steps_per_call=2", "--config.checkpoint_every_steps=10", "--config.log_every_steps=1000"]
+
+
+def _sigterm_one_of_two(data, tmp_path: Path, env: dict | None = None) -> tuple[int, list[str]]:
+    """Starts a long two-process run, sends SIGTERM to process 1 only once both are in the loop (a
+    scheduler signals hosts one by one) and checks that both save the same step and exit 143 within a
+    bounded time; returns `(that step, each process's output)`."""
+    procs = _two_processes(
+        data, tmp_path / "w", tmp_path / "logs", *RUN, "--config.num_steps=100000", env=env
+    )
+    deadline = time.monotonic() + 240
+    while not _checkpoint_steps(tmp_path / "w"):  # both are in the loop (the first save is collective)
+        if any(p.poll() is not None for p, _ in procs) or time.monotonic() > deadline:
+            _wait_all(procs, timeout=1)
+            pytest.fail("the run ended or stalled before its first checkpoint")
+        time.sleep(0.1)
+    procs[1][0].send_signal(signal.SIGTERM)
+    ended = _wait_all(procs, timeout=120)
+    stopped = []
+    for pid, (code, out) in enumerate(ended):
+        assert code == 143, out[-3000:]
+        stopped.append(int(out.split(f"SIGTERM: process {pid} of 2 stops at step ")[1].split()[0]))
+    step = stopped[0]
+    assert stopped == [step, step] and _checkpoint_steps(tmp_path / "w")[-1] == step
+    assert f"SIGTERM: saved step {step} " in ended[0][1]
+    return step, [out for _, out in ended]
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step(data, tmp_path):
+    """Through JAX's preemption sync point; rerunning both resumes bit-identically to an uninterrupted run."""
+    step, outs = _sigterm_one_of_two(data, tmp_path)
+    assert all("(agreed: jax)" in out for out in outs)
+    # Resume both to step + 4, beside an uninterrupted run of step + 4 (constant learning rate: the run
+    # length changes nothing else).
+    more = [*RUN, f"--config.num_steps={step + 4}"]
+    resumed = _two_processes(data, tmp_path / "w", tmp_path / "logs_resumed", *more)
+    reference = _two_processes(data, tmp_path / "ref", tmp_path / "logs_ref", *more)
+    for code, out in _wait_all(resumed + reference, timeout=300):
+        assert code == 0, out[-3000:]
+    assert f"resuming from step {step}" in (tmp_path / "logs_resumed" / "0.log").read_text()
+    got = json.loads((tmp_path / "w" / "summary.json").read_text())
+    ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert got["steps"] == ref["steps"] == step + 4
+    assert got["params_checksum"] == ref["params_checksum"]
+
+
+def test_sigterm_on_one_process_without_jax_preemption_service(data, tmp_path):
+    """With JAX's preemption service off, the processes agree by an allgather of their flags per call."""
+    _, outs = _sigterm_one_of_two(data, tmp_path, env={"JAX_ENABLE_PREEMPTION_SERVICE": "false"})
+    assert all("(agreed: allgather)" in out for out in outs)

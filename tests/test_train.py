@@ -172,6 +172,8 @@ def test_sigterm_saves_and_stops_cleanly(tiny_data, tmp_path):
     )  # fmt: skip
     _wait_for_checkpoint(tmp_path / "w", proc)
     proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a second one (an impatient scheduler) changes nothing
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err  # 128 + SIGTERM: the scheduler requeues the job
     assert "SIGTERM: saved step" in out

@@ -2,8 +2,8 @@
 
 The language classifier is shrunk to 16 -> 8 -> 8 -> 10 (dropout 0) at batch 8, so compute is nil and the
 figures are dispatch overhead: `steps.make_train_step` (the trainer's step, its state carried as a
-`steps.FlatState` as the trainer does) against plain pytree params + `optax.adam` in one donated `jax.jit`.
-Both are timed alternately in the same process.
+`steps.FlatState` as the trainer does, plus the loop's per-call `StopOnSigterm.reached` question) against
+plain pytree params + `optax.adam` in one donated `jax.jit`. Both are timed alternately in the same process.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
 
 def _trainer_step(config: Any, mesh: Any, host: dict) -> Any:
     from deepearth_jax import parallel, steps
+    from deepearth_jax.checkpoint import StopOnSigterm
 
     graphdef, state = steps.create_train_state(
         config,
@@ -58,9 +59,11 @@ def _trainer_step(config: Any, mesh: Any, host: dict) -> Any:
     )
     batch = jax.device_put(host, parallel.batch_sharding(mesh))
     carry = [steps.FlatState.of(state), steps.init_metrics(config, mesh)]  # as the trainer carries it
+    stopper = StopOnSigterm()  # the loop asks it once per call (processes agree on stopping)
 
     def call() -> None:
         carry[0], carry[1] = train_step(carry[0], carry[1], batch)
+        stopper.reached(0)
 
     return call, carry
 
