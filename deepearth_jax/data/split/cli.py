@@ -22,6 +22,7 @@ _FROM_FILE = {
     "--validation-years": "validation_years",
     "--validation-regions": "validation_regions",
 }
+_REGION_FLAGS = ("--regions", "--region-km", "--min-distance-km", "--region-share")
 _OTHER = {"--folds": "folds", "--block-km": "block_km", "--seed": "seed"}
 
 
@@ -132,6 +133,13 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         "many as --regions, or as many as fit; 0 for none)",
     )
     p.add_argument(
+        "--allow-lopsided",
+        action="store_true",
+        help="keep a split outside the size bounds (test > 50%%, validation > 33%%, training < 33%% of the "
+        "pool or under 32 rows) with a warning instead of refusing it; without region flags the default "
+        "regions are first fitted to the pool (smaller boxes, then fewer)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="with --regions-from: drop ids of that file this store lacks instead of failing",
@@ -159,9 +167,17 @@ def run_split(args: argparse.Namespace) -> int:
         if path is not None and path.is_dir():
             raise ValueError(f"{flag} {path} is a directory; give a file name such as split.json")
     options = DEFAULTS.replace(**{({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()})
+    # Region flags given: those regions, never fitted to the pool (a lopsided result is refused).
+    options = options.replace(fit_regions=not any(flag in given for flag in _REGION_FLAGS))
     options.check()  # before opening the store: a bad flag fails at once
     store = open_store(args.store)
-    payload = make_split(store, options, regions_from=args.regions_from, allow_missing=args.allow_missing)
+    payload = make_split(
+        store,
+        options,
+        regions_from=args.regions_from,
+        allow_missing=args.allow_missing,
+        strict=not args.allow_lopsided,
+    )
     write_split(payload, args.out)
     print(summary(payload))
     print(f"wrote {args.out} ({len(payload['observation_mappings'])} observations)")
