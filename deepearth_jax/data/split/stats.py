@@ -177,8 +177,8 @@ def summary(payload: dict) -> str:
     if sizing.get("fitted"):
         spatial = payload["split_strategy"]["spatial_split"]
         lines.append(
-            f"regions fitted to this pool: {spatial['num_test_regions']} of {spatial['region_size_km']:g} km, "
-            f">= {spatial['min_distance_km']:g} km apart (the defaults, {sizing['requested']}, gave "
+            f"regions fitted to this pool: {spatial['num_test_regions']} of "
+            f"{spatial['region_size_km']:g} km, >= {spatial['min_distance_km']:g} km apart (the defaults, {sizing['requested']}, gave "
             f"{'; '.join(sizing['requested_problems'])})"
         )
     for r in payload["test_spatial_regions"]:
