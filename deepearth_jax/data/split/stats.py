@@ -178,7 +178,8 @@ def summary(payload: dict) -> str:
         spatial = payload["split_strategy"]["spatial_split"]
         lines.append(
             f"regions fitted to this pool: {spatial['num_test_regions']} of "
-            f"{spatial['region_size_km']:g} km, >= {spatial['min_distance_km']:g} km apart (the defaults, {sizing['requested']}, gave "
+            f"{spatial['region_size_km']:g} km, >= {spatial['min_distance_km']:g} km apart (the defaults, "
+            f"{sizing['requested']}, gave "
             f"{'; '.join(sizing['requested_problems'])})"
         )
     for r in payload["test_spatial_regions"]:
