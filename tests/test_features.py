@@ -204,3 +204,20 @@ def test_legacy_cache_outside_the_store_is_never_read(store, cache, tmp_path, ch
     again = features.pooled_vision(store_lib.open_store(store.path))
     np.testing.assert_allclose(np.asarray(again), pooled, rtol=1e-5, atol=1e-6)
     assert np.load(stranger).max() == 0 and features.cache_path(reopened).is_file()
+
+
+def test_an_unreadable_legacy_cache_falls_back_to_the_cache_dir(store, cache, monkeypatch):
+    """An older version's 0600 file owned by another user cannot be read: the cache dir's is used."""
+    reopened, pooled = _legacy_cache(store)
+    real = features.file_sha256
+
+    def refuse_legacy(path, *args, **kwargs):
+        if str(path).endswith(features.LEGACY_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(features, "file_sha256", refuse_legacy)
+    features._VERIFIED.clear()
+    again = features.pooled_vision(reopened)
+    np.testing.assert_allclose(np.asarray(again), pooled, rtol=1e-5, atol=1e-6)
+    assert features.cache_path(reopened).is_file()

@@ -104,7 +104,11 @@ def _in_store(store: store_lib.Store) -> np.ndarray | None:
     entry = store.manifest.get("features", {}).get(VISION_MEAN)
     if not entry or entry.get("file") != LEGACY_FILE:
         return None
-    return _intact(store, store.path / LEGACY_FILE, entry)
+    try:
+        return _intact(store, store.path / LEGACY_FILE, entry)
+    except OSError as e:  # e.g. the 0600 file an older version left, owned by another user
+        log.info("cannot read the pooled vision cache in store %s (%s): using the cache dir", store.path, e)
+        return None
 
 
 def _in_cache(store: store_lib.Store, path: Path) -> np.ndarray | None:
@@ -112,7 +116,13 @@ def _in_cache(store: store_lib.Store, path: Path) -> np.ndarray | None:
         entry = json.loads(path.with_suffix(".json").read_bytes())
     except (OSError, ValueError):
         return None
-    return _intact(store, path, entry) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return _intact(store, path, entry)
+    except OSError as e:
+        log.info("cannot read the pooled vision cache %s (%s): rebuilding", path, e)
+        return None
 
 
 def _temporary(path: Path) -> Path:

@@ -43,13 +43,15 @@ def _add_region_arguments(p: argparse.ArgumentParser) -> None:
         "--regions",
         type=int,
         default=None,
-        help=f"number of spatial test regions (default {d.num_regions}; 0 for none)",
+        help=f"number of spatial test regions (default {d.num_regions}, fewer when the default regions do "
+        "not fit a small pool: see --allow-lopsided; 0 for none)",
     )
     p.add_argument(
         "--region-km",
         type=float,
         default=None,
-        help=f"side of a square test region, km (default {d.region_km:g})",
+        help=f"side of a square test region, km (default {d.region_km:g}, scaled down with --min-distance-km "
+        "when the default regions do not fit a small pool)",
     )
     p.add_argument(
         "--min-distance-km",
