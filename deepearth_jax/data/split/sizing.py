@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from deepearth_jax.data.split.options import SplitOptions
+from deepearth_jax.data.split.options import MIN_KM, SplitOptions
 from deepearth_jax.errors import SplitError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def candidates(options: SplitOptions) -> Iterator[SplitOptions]:
     yield options
     for count in range(options.num_regions, 0, -1):
         for scale in FIT_SCALES:
-            if count == options.num_regions and scale == 1.0:
+            if (count == options.num_regions and scale == 1.0) or options.region_km * scale < MIN_KM:
                 continue
             yield options.replace(
                 num_regions=count,
