@@ -27,7 +27,7 @@ from flax import nnx
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
-from deepearth_jax import parallel, steps, tasks
+from deepearth_jax import honesty, parallel, steps, tasks
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError, prepare_data
 from deepearth_jax.io import write_json_atomic
@@ -151,6 +151,12 @@ def evaluate_workdir(
             line = evaluation_lib.headline(result.metrics, group)
             if line:
                 print(f"  {group}: {line}")
+        unseen = honesty.unseen_line(result.metrics, split)
+        if unseen is not None:
+            print(unseen)
+        warning = honesty.baseline_warning(honesty.versus_frequency(result.metrics, split), f"step {step}")
+        if warning is not None:
+            log.warning(warning)
         print(f"wrote {out_dir}")
     return result.metrics
 

@@ -181,6 +181,8 @@ class Evaluator:
             add(f"{prefix}/{group}", groups == group)
         unseen = labels < 0
         result[f"{prefix}/unseen_species/count"] = float(unseen.sum())
+        unseen_species = self.data.store.column("species_index")[out["row"][unseen]]
+        result[f"{prefix}/unseen_species/species/count"] = float(len(np.unique(unseen_species)))
         if unseen.any():
             add(f"{prefix}/unseen_species", unseen)
             add(f"{prefix}/seen_species", ~unseen)

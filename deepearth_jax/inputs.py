@@ -28,13 +28,9 @@ from deepearth_jax.data import modes, pipeline, reader, synthetic
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.errors import TrainError  # noqa: F401  (re-exported)
-from deepearth_jax.io import file_sha256
+from deepearth_jax.io import default_cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DEEPEARTH_CACHE", Path.home() / ".cache" / "deepearth_jax"))
 
 
 def demo_cache_key(demo: ml_collections.ConfigDict) -> str:

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
+def default_cache_dir() -> Path:
+    """Where derived data is cached (the demo store, pooled features, compiled programs): `$DEEPEARTH_CACHE`,
+    else `~/.cache/deepearth_jax`. Never inside a store: a store may be shared and read-only."""
+    return Path(os.environ.get("DEEPEARTH_CACHE", Path.home() / ".cache" / "deepearth_jax"))
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Writes JSON to `path` through a temporary file and a rename, so readers never see half a file."""
     path = Path(path)

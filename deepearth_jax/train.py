@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from deepearth_jax import checkpoint as checkpoint_lib
-from deepearth_jax import config_utils, inputs, parallel, steps, tasks, writers
+from deepearth_jax import config_utils, honesty, inputs, parallel, steps, tasks, writers
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import workdir as workdir_lib
 from deepearth_jax.cli import run_command, setup_logging
@@ -305,6 +305,8 @@ def _finish(
         "samples_per_s": float(np.median(train_rates)) if train_rates else None,
         "num_classes": len(data.class_names),
         "params_checksum": steps.params_checksum(state),
+        # Does the selected checkpoint beat always predicting the most frequent species (None: no baseline)?
+        "baseline_check": honesty.versus_frequency(best),
     }
     if jax.process_index() == 0:
         write_json_atomic(workdir / "summary.json", summary)
@@ -313,6 +315,12 @@ def _finish(
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
         for name, row in (("best", best), ("final", final)):
             print(f"{name} (step {row.get('step', step)}): {evaluation_lib.headline(row)}", flush=True)
+        unseen = honesty.unseen_line(best)
+        if unseen is not None:
+            print(unseen, flush=True)
+        warning = honesty.baseline_warning(summary["baseline_check"])
+        if warning is not None:
+            log.warning(warning)
     return summary
 
 

@@ -3,7 +3,8 @@
 Modules: `file_format` (Split, parse/load/write, the original format), `reasons` (the typed split reason),
 `options` (parameters, defaults, limits), `pool`, `regions` (test regions, holdout assignment), `validation`
 (the validation carve-out, `with_validation` for old files), `folds` (block CV), `stats` (statistics,
-summary), `assemble` (make_split), `map` + `map_draw` (the PNG), `cli` (the `split` subcommand).
+summary), `sizing` (bounds on the subsets' shares; default regions fitted to a small pool), `assemble`
+(make_split), `map` + `map_draw` (the PNG), `cli` (the `split` subcommand).
 docs/SPLITS.md describes the file for users.
 
 The holdout split, as the original `create_train_test_split.py` defined it:

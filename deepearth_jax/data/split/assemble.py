@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deepearth_jax import __version__
+from deepearth_jax.data.split import sizing
 from deepearth_jax.data.split.file_format import SPLIT_FORMAT, SPLIT_VERSION, Split, describe_ids, load_split
 from deepearth_jax.data.split.folds import check_block_cv, fold_masks, make_folds
 from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
@@ -20,6 +21,8 @@ from deepearth_jax.data.split.stats import fold_statistics, statistics
 from deepearth_jax.data.split.validation import carve_validation
 
 log = logging.getLogger(__name__)
+
+_REGION_FIELDS = {"num_regions", "region_km", "min_distance_km", "region_share"}
 
 
 def _taxon_id_value(value):
@@ -149,6 +152,33 @@ def _check_training(split: np.ndarray, fold, bits, reason) -> None:
             )
 
 
+def _holdout(pool: Pool, years: list[int], options: SplitOptions, regions, reuse_validation) -> tuple:
+    """Regions (chosen unless given), the holdout assignment and the validation carve-out: `(regions,
+    selection, holdout reason, split, reason, validation regions, validation record)`."""
+    selection = None
+    fresh = regions is None
+    if fresh:
+        regions, selection = choose_regions(
+            pool,
+            num_regions=options.num_regions,
+            region_km=options.region_km,
+            min_distance_km=options.min_distance_km,
+            region_share=options.region_share,
+            seed=options.seed,
+        )
+    regions = [dict(r) for r in regions]
+    split, holdout_reason = assign_reasons(pool.lat, pool.lon, pool.year, years, regions, options.buffer_km)
+    count_observations(regions, holdout_reason, Kind.SPATIAL_TEST, "test", fresh=fresh)
+    _check_training(split, None, None, holdout_reason)
+    split, reason, validation_regions, validation = carve_validation(
+        pool, split, holdout_reason, regions, options, reuse=reuse_validation
+    )
+    count_observations(
+        validation_regions, reason, Kind.VALIDATION_SPATIAL, "validation", reuse_validation is None
+    )
+    return regions, selection, holdout_reason, split, reason, validation_regions, validation
+
+
 def make_split(
     store,
     options: SplitOptions | None = None,
@@ -156,13 +186,14 @@ def make_split(
     regions_from: str | Path | Split | None = None,
     allow_missing: bool = False,
     test_years_given: bool = False,
+    strict: bool = False,
     **changes,
 ) -> dict:
     """Makes a split of `store` and returns the JSON payload (the package docstring states the rules).
 
     Args:
       options: the parameters (SplitOptions; its defaults when None); `changes` override fields by name,
-        e.g. `make_split(store, seed=1, buffer_km=2.0)`.
+        e.g. `make_split(store, seed=1, buffer_km=2.0)`; a region field among them turns fit_regions off.
       regions_from: a split file (path or Split) whose test years, regions, buffer, pool, folds and
         validation set are applied again; every id both share must get the same reason (ValueError
         otherwise). A file without a validation set gets one carved as make_split carves it.
@@ -170,10 +201,14 @@ def make_split(
       test_years_given: the test years were asked for (the CLI's --test-years). When they were not, are
         the defaults, and the pool has none of them, the pool's most recent year is the temporal test
         (logged, and recorded as `split_strategy.temporal_split.test_years_rule`).
+      strict: a lopsided split (sizing.py) raises SplitError naming the flags that fix it; otherwise it is
+        kept with a warning. Default regions are fitted to the pool first either way.
 
     A store without vision embeddings (an observation-only store) is split whole: its pool is every
     observation.
     """
+    if set(changes) & _REGION_FIELDS and "fit_regions" not in changes:
+        changes["fit_regions"] = False  # regions asked for by name are those regions, never fitted
     options = (options or DEFAULTS).replace(**changes)
     other = reuse_cv = reuse_validation = regions = None
     if regions_from is not None:
@@ -189,24 +224,23 @@ def make_split(
     if other is None and not test_years_given and tuple(years) == tuple(DEFAULTS.test_years):
         years, years_rule = _default_test_years(pool, years, store)
     _check_years(pool, years)
+
+    def attempt(candidate: SplitOptions):
+        held = _holdout(pool, years, candidate, regions, reuse_validation)
+        return held, held[3]
+
     if other is None:
-        regions, selection = choose_regions(
-            pool,
-            num_regions=options.num_regions,
-            region_km=options.region_km,
-            min_distance_km=options.min_distance_km,
-            region_share=options.region_share,
-            seed=options.seed,
-        )
-    split, holdout_reason = assign_reasons(pool.lat, pool.lon, pool.year, years, regions, options.buffer_km)
-    count_observations(regions, holdout_reason, Kind.SPATIAL_TEST, "test", fresh=other is None)
-    _check_training(split, None, None, holdout_reason)
-    split, reason, validation_regions, validation = carve_validation(
-        pool, split, holdout_reason, regions, options, reuse=reuse_validation
-    )
-    count_observations(
-        validation_regions, reason, Kind.VALIDATION_SPATIAL, "validation", reuse_validation is None
-    )
+        options, held, sizing_record = sizing.sized(attempt, options, strict=strict)
+        regions, selection = held[0], held[1]
+    else:
+        held, _ = attempt(options)
+        regions = held[0]
+        sizing_record = {"bounds": sizing.bounds(), "fitted": False}
+        found = sizing.problems(held[3])
+        if found:  # the file's own regions are never changed: said, not refused
+            log.warning("re-applying %s gives a lopsided split: %s", other.path, "; ".join(found))
+            sizing_record["problems"] = found
+    holdout_reason, split, reason, validation_regions, validation = held[2:]
     fold = bits = cv_record = None
     if options.folds or reuse_cv is not None:
         fold, bits, cv_record = make_folds(
@@ -231,6 +265,7 @@ def make_split(
     payload = _payload(store, pool, options, years, regions, selection, split, stats)
     if years_rule is not None:
         payload["split_strategy"]["temporal_split"]["test_years_rule"] = years_rule
+    payload["split_strategy"]["spatial_split"]["sizing"] = sizing_record
     payload["split_strategy"]["validation"] = validation
     if cv_record is not None:
         payload["split_strategy"]["block_cv"] = cv_record

@@ -22,6 +22,7 @@ _FROM_FILE = {
     "--validation-years": "validation_years",
     "--validation-regions": "validation_regions",
 }
+_REGION_FLAGS = ("--regions", "--region-km", "--min-distance-km", "--region-share")
 _OTHER = {"--folds": "folds", "--block-km": "block_km", "--seed": "seed"}
 
 
@@ -42,13 +43,15 @@ def _add_region_arguments(p: argparse.ArgumentParser) -> None:
         "--regions",
         type=int,
         default=None,
-        help=f"number of spatial test regions (default {d.num_regions}; 0 for none)",
+        help=f"number of spatial test regions (default {d.num_regions}, fewer when the default regions do "
+        "not fit a small pool: see --allow-lopsided; 0 for none)",
     )
     p.add_argument(
         "--region-km",
         type=float,
         default=None,
-        help=f"side of a square test region, km (default {d.region_km:g})",
+        help=f"side of a square test region, km (default {d.region_km:g}, scaled down with --min-distance-km "
+        "when the default regions do not fit a small pool)",
     )
     p.add_argument(
         "--min-distance-km",
@@ -133,6 +136,13 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         "many as --regions, or as many as fit; 0 for none)",
     )
     p.add_argument(
+        "--allow-lopsided",
+        action="store_true",
+        help="keep a split outside the size bounds (test > 50%%, validation > 33%%, training < 33%% of the "
+        "pool or under 32 rows) with a warning instead of refusing it; without region flags the default "
+        "regions are first fitted to the pool (smaller boxes, then fewer)",
+    )
+    p.add_argument(
         "--allow-missing",
         action="store_true",
         help="with --regions-from: drop ids of that file this store lacks instead of failing",
@@ -160,6 +170,8 @@ def run_split(args: argparse.Namespace) -> int:
         if path is not None and path.is_dir():
             raise ValueError(f"{flag} {path} is a directory; give a file name such as split.json")
     options = DEFAULTS.replace(**{({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()})
+    # Region flags given: those regions, never fitted to the pool (a lopsided result is refused).
+    options = options.replace(fit_regions=not any(flag in given for flag in _REGION_FLAGS))
     options.check()  # before opening the store: a bad flag fails at once
     store = open_store(args.store)
     payload = make_split(
@@ -168,6 +180,7 @@ def run_split(args: argparse.Namespace) -> int:
         regions_from=args.regions_from,
         allow_missing=args.allow_missing,
         test_years_given="--test-years" in given,
+        strict=not args.allow_lopsided,
     )
     write_split(payload, args.out)
     print(summary(payload))

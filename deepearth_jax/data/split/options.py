@@ -32,6 +32,9 @@ class SplitOptions:
       validation_regions: spatial validation regions carved from the training rows (None: as many as
         `num_regions`, or as many as fit; 0: none), boxes of `region_km`, centres `min_distance_km` apart
         and from every test box.
+      fit_regions: when the regions give a lopsided split (sizing.py: bounds on the subsets' shares),
+        scale the box side and spacing down, then use fewer regions, until it fits. The `split` CLI turns
+        it off when a region flag is given.
     """
 
     test_years: tuple[int, ...] = (2025,)
@@ -46,6 +49,7 @@ class SplitOptions:
     region_share: float | None = None
     validation_years: int = 1
     validation_regions: int | None = None
+    fit_regions: bool = True
 
     def replace(self, **changes) -> SplitOptions:
         """A copy with `changes` (TypeError naming an unknown field)."""

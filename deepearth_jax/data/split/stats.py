@@ -173,6 +173,15 @@ def summary(payload: dict) -> str:
         f"species: {s['unique_species_train']} train, {s['unique_species_test']} test, "
         f"{s['unseen_test_species']['count']} only in test",
     ]
+    sizing = payload["split_strategy"]["spatial_split"].get("sizing", {})
+    if sizing.get("fitted"):
+        spatial = payload["split_strategy"]["spatial_split"]
+        lines.append(
+            f"regions fitted to this pool: {spatial['num_test_regions']} of "
+            f"{spatial['region_size_km']:g} km, >= {spatial['min_distance_km']:g} km apart (the defaults, "
+            f"{sizing['requested']}, gave "
+            f"{'; '.join(sizing['requested_problems'])})"
+        )
     for r in payload["test_spatial_regions"]:
         lines.append(
             f"  region {r['region_id']}: ({r['center_lat']:.4f}, {r['center_lng']:.4f}) "
