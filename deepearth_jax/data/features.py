@@ -24,6 +24,7 @@ import numpy as np
 
 from deepearth_jax import __version__
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.errors import StoreError
 from deepearth_jax.io import file_sha256, progress_bar
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _vision_checksums(store: store_lib.Store) -> dict:
     try:
         return store.manifest["arrays"]["vision"]["checksums"]
     except KeyError:
-        raise ValueError(f"store {store.path} has no vision checksums in its manifest") from None
+        raise StoreError(f"store {store.path} has no vision checksums in its manifest") from None
 
 
 # Cache files already hashed by this process: every batch reader (one per evaluation) asks again.
@@ -145,7 +146,7 @@ def pooled_vision(
     directory is not writable, with a warning). Raises ValueError for a store without vision.
     """
     if not store.has_vision:
-        raise ValueError(f"store {store.path} has no vision embeddings to pool")
+        raise StoreError(f"store {store.path} has no vision embeddings to pool")
     cached = _fresh_cache(store)
     if cached is not None:
         return cached

@@ -17,6 +17,7 @@ only rows with a finite latitude, longitude and date (`usable_rows`).
 from __future__ import annotations
 
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.errors import ConfigError
 
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "language": ("language",),
@@ -37,7 +38,7 @@ DEVICE_EPOCH_MODES = ("language", "vision_pooled", "geo", "vision_geo")
 def check_mode(mode: str) -> None:
     """Raises ValueError naming the known modes for an unknown one."""
     if mode not in INPUT_KEYS:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
 def input_keys(mode: str) -> tuple[str, ...]:
@@ -69,6 +70,6 @@ def check_store(store: store_lib.Store, mode: str) -> None:
     """Raises ValueError when `store` lacks an embedding array `mode` reads."""
     check_mode(mode)
     if needs_vision(mode) and not store.has_vision:
-        raise ValueError(f"mode {mode!r} needs vision embeddings but store {store.path} has none")
+        raise ConfigError(f"mode {mode!r} needs vision embeddings but store {store.path} has none")
     if needs_language(mode) and store.language is None:
-        raise ValueError(f"mode {mode!r} needs language embeddings but store {store.path} has none")
+        raise ConfigError(f"mode {mode!r} needs language embeddings but store {store.path} has none")

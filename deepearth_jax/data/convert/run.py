@@ -78,9 +78,9 @@ def convert(
     """
     source, out = Path(source), Path(out)
     if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+        raise ConvertError(f"dtype must be float16 or float32, got {dtype!r}")
     if vision_shape is not None and (len(vision_shape) != 4 or min(vision_shape) < 1):
-        raise ValueError(f"vision shape must be four positive sizes T,H,W,D, got {vision_shape}")
+        raise ConvertError(f"vision shape must be four positive sizes T,H,W,D, got {vision_shape}")
     layout = detect_layout(source)
     _check_out(out)
     existing = _existing_conversion(out)
