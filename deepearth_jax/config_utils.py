@@ -18,6 +18,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from deepearth_jax.errors import ConfigError
+
 OVERRIDE_PREFIX = "--config."
 
 
@@ -30,12 +32,14 @@ def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     try:
         flag_values(argv)
     except ImportError as e:  # the config's own imports, e.g. `configs` outside the repository root
-        raise ValueError(f"config file {spec} failed: {e} (run from the repository root)") from None
+        raise ConfigError(f"config file {spec} failed: {e} (run from the repository root)") from None
     except flags.IllegalFlagValueError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         if "Error whilst parsing config file" in lines[0]:
-            raise ValueError(f"config file {spec} failed: {lines[-1]}") from None
-        raise ValueError(lines[0].removeprefix("flag ")) from None
+            raise ConfigError(f"config file {spec} failed: {lines[-1]}") from None
+        raise ConfigError(lines[0].removeprefix("flag ")) from None
+    except (SyntaxError, AttributeError, NameError, TypeError) as e:  # not a config file (no get_config)
+        raise ConfigError(f"config file {spec} failed: {type(e).__name__}: {e}") from None
     return holder.value
 
 
@@ -48,7 +52,7 @@ def _check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
             where = ".".join(parts[:i]) or "config"
             close = difflib.get_close_matches(part, keys, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; fields: {', '.join(sorted(keys))}"
-            raise ValueError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
+            raise ConfigError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
         node = node[part]
 
 
@@ -59,10 +63,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """
     path = Path(spec.partition(":")[0])
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     for item in overrides:
         if not item.startswith(OVERRIDE_PREFIX) or "=" not in item:
-            raise ValueError(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
+            raise ConfigError(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
     if overrides:
         base = _parse(spec, ())
         for item in overrides:
