@@ -11,6 +11,7 @@ a value of the wrong type.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     holder = config_flags.DEFINE_config_file(
         "config", None, "config file", flag_values=flag_values, lock_config=True, sys_argv=argv
     )
+    # config_flags loads every config file as module "config_<flag name>" with load_module(), which reuses a
+    # module left in sys.modules: a second file without get_config would silently run the first one's.
+    sys.modules.pop("config_config", None)
     try:
         flag_values(argv)
     except ImportError as e:  # the config's own imports, e.g. `configs` outside the repository root

@@ -14,7 +14,11 @@ from deepearth_jax.io import format_bytes
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "source", type=Path, help="HF dataset directory, or the dashboard's directory (see DATA.md)"
+        "source",
+        type=Path,
+        help="the dataset directory, in either published layout (detected from its files): Hugging Face "
+        "(observations.parquet, vision_index.parquet, vision_embeddings/*.parquet) or the original "
+        "dashboard's (observations.parquet beside embeddings.mmap and embeddings_index.db)",
     )
     p.add_argument(
         "--out",
