@@ -80,7 +80,7 @@ def plot_range_map(
     sigmoid: bool = False,
 ) -> Path:
     """The PNG of the probability maps of `species` (training class names), by default the `num_species`
-    most frequent in training; returns its path. ValueError names an unknown species."""
+    most frequent in training; returns its path. CliError names an unknown species."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,7 +28,7 @@ def get_training_batch(
     int32, `locations` `(B, 3)` float32 (latitude, longitude in degrees, elevation in metres, NaN when
     unknown), `timestamps` `(B, 6)` float32 (year, month, day, hour, minute, second; NaN where unknown),
     and, when asked, `language_embeddings` `(B, L)` float32 and `vision_embeddings` `(B, T, H, W, D)` in
-    the store dtype. Raises KeyError naming unknown ids and ValueError naming ids without a vision
+    the store dtype. Raises StoreError naming unknown ids, or ids without a vision
     embedding when vision is asked for; nothing is ever filled with zeros.
     """
     store = _as_store(store)

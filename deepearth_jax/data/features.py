@@ -143,7 +143,7 @@ def pooled_vision(
     Reuses `<store>/features/vision_mean.npy` when the manifest says it derives from the current vision
     array and its checksum holds; otherwise computes it in one streaming pass (`batch_rows` rows at a time,
     default about 64 MB) and records it. Returns a read-only memmap (an in-memory array when the store
-    directory is not writable, with a warning). Raises ValueError for a store without vision.
+    directory is not writable, with a warning). Raises StoreError for a store without vision.
     """
     if not store.has_vision:
         raise StoreError(f"store {store.path} has no vision embeddings to pool")

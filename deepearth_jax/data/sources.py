@@ -42,7 +42,7 @@ OPTIONAL_OBSERVATION_COLUMNS = ("taxon_id", "hour", "minute", "second", "image_u
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parses "T,H,W,D" into a tuple of positive ints; raises ValueError with the text."""
+    """Parses "T,H,W,D" into a tuple of positive ints; raises CliError with the text."""
     try:
         shape = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:

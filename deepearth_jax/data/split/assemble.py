@@ -30,8 +30,8 @@ def _optional_int(value) -> int | None:
     return None if value is None or not np.isfinite(value) else int(value)
 
 
-def _file_error(other: Split, field: str, expected: str, value) -> ValueError:
-    return ValueError(f"{other.path or 'the split file'}: {field} must be {expected}, got {value!r}")
+def _file_error(other: Split, field: str, expected: str, value) -> SplitError:
+    return SplitError(f"{other.path or 'the split file'}: {field} must be {expected}, got {value!r}")
 
 
 def _file_number(other: Split, field: str, value, low: float = 0.0) -> float:

@@ -216,8 +216,8 @@ def make_folds(
 def check_block_cv(record, where) -> None:
     """Checks another file's block_cv record before it is applied again: one line naming file and field."""
 
-    def fail(field: str, expected: str, value) -> ValueError:
-        return ValueError(f"{where}: split_strategy.block_cv.{field} must be {expected}, got {value!r}")
+    def fail(field: str, expected: str, value) -> SplitError:
+        return SplitError(f"{where}: split_strategy.block_cv.{field} must be {expected}, got {value!r}")
 
     if not isinstance(record, dict):
         raise SplitError(f"{where}: split_strategy.block_cv must be an object")
