@@ -6,6 +6,8 @@ command calls must never be dressed up as bad input (with or without -v).
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from deepearth_jax import cli, config_utils, train
@@ -20,6 +22,19 @@ from deepearth_jax.errors import (
     UserError,
     WorkdirError,
 )
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging_after():
+    """The commands' setup_logging (DEBUG with -v) binds handlers to this test's captured stderr: drop them,
+    so that jax's debug line at interpreter exit is not written to a closed stream."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("absl", "jax", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def error_lines(err: str) -> list[str]:
