@@ -136,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401  (the reference loop's; checked before ours runs for a minute)
     except ImportError:
-        raise UserError("benchmark quickstart needs PyTorch: pip install torch (the CPU build)") from None
+        raise UserError(
+            "benchmark quickstart needs PyTorch; the CPU build is enough: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+        ) from None
     overrides = list(getattr(args, "overrides", ()))
     with tempfile.TemporaryDirectory(prefix="quickstart-") as tmp:
         jax_s, first_s, warm = _time_ours(args.config, overrides, tmp)
