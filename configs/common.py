@@ -34,8 +34,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.split_file = ""  # a split JSON from `python -m deepearth_jax.data split`; "" = default split, cached
     c.fold = -1  # block-CV fold held out as test (split made with --folds); -1 = the file's train/test
     c.allow_missing = False  # tolerate split ids absent from the store (counted in the log)
-    c.mode = "vision_pooled"  # language | vision | vision_pooled | multimodal (deepearth_jax/data/modes.py)
-    c.task = "classification"  # a module of deepearth_jax/tasks/: classification | masked_autoencoding
+    # What a batch carries (deepearth_jax/data/modes.py): language (the species vector) | vision (tokens) |
+    # vision_pooled (their mean) | multimodal (language + vision) | multimodal_geo (+ place and date) |
+    # geo (place and date only) | vision_geo (pooled vision + place and date).
+    c.mode = "vision_pooled"
+    # What is learned and scored, a module of deepearth_jax/tasks/:
+    # classification | masked_autoencoding | geo_presence | fusion.
+    c.task = "classification"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vision_classifier"

@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from deepearth_jax.errors import ConfigError, WorkdirError
+
 log = logging.getLogger(__name__)
 
 
@@ -117,7 +119,7 @@ class Checkpointer:
         self, directory: str | Path, *, best_metric: str, best_mode: str = "max", async_save: bool = True
     ):
         if best_mode not in ("max", "min"):
-            raise ValueError(f"best_mode must be max or min, got {best_mode!r}")
+            raise ConfigError(f"best_mode must be max or min, got {best_mode!r}")
         self.best_metric = best_metric
         self.best_mode = best_mode
         directory = Path(directory).absolute()
@@ -257,7 +259,7 @@ def restore_same_run(
         _set_aside(checkpointer, [s for s in steps if s > step])
         restored, data_state = why
         return restored, data_state, step
-    raise ValueError(
+    raise WorkdirError(
         f"no intact checkpoint in {checkpointer.directory} (tried steps {steps}); "
         "move it away or use another --workdir"
     )
@@ -304,12 +306,12 @@ def _check_same_run(saved: dict, meta: dict, workdir: Path) -> None:
         if k not in RESUMABLE_CHANGES and saved["config"].get(k) != meta["config"].get(k)
     )
     if changed:
-        raise ValueError(
+        raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({', '.join(changed)} differ); "
             "use another --workdir or the same config"
         )
     if saved["class_species"] != meta["class_species"]:
-        raise ValueError(f"workdir {workdir} was trained with another species map (another store or split)")
+        raise WorkdirError(f"workdir {workdir} was trained with another species map (another store or split)")
 
 
 class StopOnSigterm:

@@ -1,35 +1,42 @@
-"""What every command line of the project shares: user errors become one line and exit status 2."""
+"""What every command line of the project shares: user errors become one line and exit status 2; any other
+exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
-from deepearth_jax.data.store import StoreError
+from deepearth_jax.errors import UserError
 from deepearth_jax.io import close_progress_bars
 
-# Errors that mean bad input (a path, a file, a flag), not a bug: shown as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (StoreError, ValueError, KeyError, FileNotFoundError)
+# The status after a bug (anything but a UserError or OSError): not 2, which means bad input.
+BUG_STATUS = 1
 
 
-def run_command(
-    command: Callable[[], int | None],
-    extra_errors: tuple[type[BaseException], ...] = (),
-    interrupted: str = "interrupted",
-) -> int:
-    """Runs `command`; returns its status, 2 after a user error or a refused file operation (printed as one
-    `error: ...` line), 130 on Ctrl-C."""
+def run_command(command: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Runs `command`; returns its status: 2 after a UserError or a refused file operation (printed as one
+    `error: ...` line), 130 on Ctrl-C, 1 after any other exception (its traceback, then a line saying it is
+    a bug: a bare ValueError or KeyError there is never mistaken for bad input)."""
     try:
         return int(command() or 0)
-    except (*USER_ERRORS, *extra_errors) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return _error(message, 2)
+    except UserError as e:
+        return _error(str(e), 2)
     except OSError as e:  # the file system refused (full disk, read-only, permissions, symlink loops)
         where = f"{e.filename}: " if e.filename else ""
         return _error(f"{where}{e.strerror or e}", 2)
     except KeyboardInterrupt:
         return _error(interrupted, 130)
+    except Exception as e:
+        close_progress_bars()
+        traceback.print_exc()
+        return _error(
+            f"internal error ({type(e).__name__}), not bad input: this is a bug in deepearth_jax. Please "
+            "report it to the maintainers with the traceback above and the command line you ran "
+            "(add -v where the command has it for debug logs).",
+            BUG_STATUS,
+        )
 
 
 def _error(message: str, status: int) -> int:

@@ -11,12 +11,15 @@ a value of the wrong type.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+
+from deepearth_jax.errors import ConfigError
 
 OVERRIDE_PREFIX = "--config."
 
@@ -27,15 +30,20 @@ def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     holder = config_flags.DEFINE_config_file(
         "config", None, "config file", flag_values=flag_values, lock_config=True, sys_argv=argv
     )
+    # config_flags loads every config file as module "config_<flag name>" with load_module(), which reuses a
+    # module left in sys.modules: a second file without get_config would silently run the first one's.
+    sys.modules.pop("config_config", None)
     try:
         flag_values(argv)
     except ImportError as e:  # the config's own imports, e.g. `configs` outside the repository root
-        raise ValueError(f"config file {spec} failed: {e} (run from the repository root)") from None
+        raise ConfigError(f"config file {spec} failed: {e} (run from the repository root)") from None
     except flags.IllegalFlagValueError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         if "Error whilst parsing config file" in lines[0]:
-            raise ValueError(f"config file {spec} failed: {lines[-1]}") from None
-        raise ValueError(lines[0].removeprefix("flag ")) from None
+            raise ConfigError(f"config file {spec} failed: {lines[-1]}") from None
+        raise ConfigError(lines[0].removeprefix("flag ")) from None
+    except (SyntaxError, AttributeError, NameError, TypeError) as e:  # not a config file (no get_config)
+        raise ConfigError(f"config file {spec} failed: {type(e).__name__}: {e}") from None
     return holder.value
 
 
@@ -48,7 +56,7 @@ def _check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
             where = ".".join(parts[:i]) or "config"
             close = difflib.get_close_matches(part, keys, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; fields: {', '.join(sorted(keys))}"
-            raise ValueError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
+            raise ConfigError(f"unknown config field {dotted!r} ({part!r} is not in {where}){hint}")
         node = node[part]
 
 
@@ -59,10 +67,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """
     path = Path(spec.partition(":")[0])
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     for item in overrides:
         if not item.startswith(OVERRIDE_PREFIX) or "=" not in item:
-            raise ValueError(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
+            raise ConfigError(f"unrecognised argument {item!r} (overrides look like --config.FIELD=VALUE)")
     if overrides:
         base = _parse(spec, ())
         for item in overrides:

@@ -29,6 +29,7 @@ from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import honesty, parallel, steps, tasks
 from deepearth_jax.cli import run_command, setup_logging
+from deepearth_jax.errors import CliError
 from deepearth_jax.inputs import TrainError, prepare_data
 from deepearth_jax.io import write_json_atomic
 
@@ -120,7 +121,7 @@ def evaluate_workdir(
     config, data, mesh, state, step = run.config, run.data, run.mesh, run.state, run.step
     unknown = sorted(set(range_species or ()) - set(data.class_names))
     if unknown:
-        raise ValueError(f"--range-species: not a training species of this run: {', '.join(unknown)}")
+        raise CliError(f"--range-species: not a training species of this run: {', '.join(unknown)}")
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     label_map = jax.device_put(data.label_map, parallel.replicated(mesh))
     eval_step = steps.make_eval_step(
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_workdir(args.workdir, args.split, args.checkpoint, species or None)
         return 0
 
-    return run_command(command, (TrainError,))
+    return run_command(command)
 
 
 if __name__ == "__main__":

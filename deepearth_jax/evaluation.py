@@ -16,6 +16,7 @@ from deepearth_jax import baselines, parallel, tasks
 from deepearth_jax import metrics as metrics_lib
 from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.split.reasons import reason_group  # temporal, spatial, fold, buffer, ...
+from deepearth_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
     same devices and processes)."""
     size = int(config.get("eval_batch_size", 0))
     if size < 0:
-        raise ValueError(f"eval_batch_size must be >= 0 (0 = automatic), got {size}")
+        raise ConfigError(f"eval_batch_size must be >= 0 (0 = automatic), got {size}")
     if size:
         return size
     batch = int(config.batch_size)

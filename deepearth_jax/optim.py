@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import optax
 
+from deepearth_jax.errors import ConfigError
+
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
@@ -30,11 +32,11 @@ def make_schedule(opt_config: Any, total_updates: int) -> optax.Schedule:
     warmup = int(opt_config.get("warmup_steps", 0))
     schedule = opt_config.get("schedule", "constant")
     if lr <= 0:
-        raise ValueError(f"optimizer.lr must be > 0, got {lr}")
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
     if warmup < 0:
-        raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
+        raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown optimizer.schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown optimizer.schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if schedule == "cosine":
         decay_steps = max(total_updates, warmup + 1)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, decay_steps, end_value=0.0)
@@ -53,17 +55,17 @@ def make_optimizer(opt_config: Any, total_steps: int) -> optax.GradientTransform
     """
     name = opt_config["name"]
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
     weight_decay = float(opt_config.get("weight_decay", 0.0))
     grad_clip = float(opt_config.get("grad_clip", 0.0))
     accumulate = int(opt_config.get("accumulate_steps", 1))
     eps = float(opt_config.get("eps", 1e-8))
     if weight_decay < 0 or grad_clip < 0:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer weight_decay and grad_clip must be >= 0, got {weight_decay}, {grad_clip}"
         )
     if accumulate < 1:
-        raise ValueError(f"optimizer.accumulate_steps must be >= 1, got {accumulate}")
+        raise ConfigError(f"optimizer.accumulate_steps must be >= 1, got {accumulate}")
     schedule = make_schedule(opt_config, max(1, total_steps // accumulate))
     parts = []
     if grad_clip > 0:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from deepearth_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
@@ -42,7 +44,7 @@ def initialize_distributed(
     "off" never, "on" always (auto-detecting what is not given). Safe to call twice.
     """
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
+        raise ConfigError(f"distributed mode must be auto, on or off, got {mode!r}")
     if mode == "off":
         return False
     explicit = bool(coordinator_address)
@@ -73,7 +75,7 @@ def make_mesh(data: int = -1, devices: Sequence[jax.Device] | None = None) -> Me
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices) if data in (-1, 0, None) else int(data)
     if n < 1 or n > len(devices):
-        raise ValueError(f"mesh.data={data} but {len(devices)} device(s) are available")
+        raise ConfigError(f"mesh.data={data} but {len(devices)} device(s) are available")
     # The same axis types (jax.make_mesh's default) whether the mesh spans all devices or a subset.
     return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n])
 
@@ -117,11 +119,11 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
     """Validates the global batch against the mesh and processes; returns the per-process batch size."""
     devices = mesh.shape[DATA_AXIS]
     if global_batch_size % devices:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {global_batch_size} is not divisible by the {devices} devices of the mesh"
         )
     if global_batch_size % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {global_batch_size} is not divisible by {jax.process_count()} processes"
         )
     return global_batch_size // jax.process_count()

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepearth_jax.errors import CliError
+
 log = logging.getLogger(__name__)
 
 GRID = 96  # cells per side of the map
@@ -78,7 +80,7 @@ def plot_range_map(
     sigmoid: bool = False,
 ) -> Path:
     """The PNG of the probability maps of `species` (training class names), by default the `num_species`
-    most frequent in training; returns its path. ValueError names an unknown species."""
+    most frequent in training; returns its path. CliError names an unknown species."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +102,7 @@ def plot_range_map(
         index = {name: i for i, name in enumerate(data.class_names)}
         unknown = [name for name in species if name not in index]
         if unknown:
-            raise ValueError(f"--range-species: not a training species: {', '.join(unknown)}")
+            raise CliError(f"--range-species: not a training species: {', '.join(unknown)}")
         classes = np.asarray([index[name] for name in species])
     else:
         classes = np.argsort(-counts, kind="stable")[: min(num_species, int((counts > 0).sum()))]

@@ -27,7 +27,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepearth_jax import parallel, tasks
+from deepearth_jax.errors import ConfigError
 from deepearth_jax.models import create_model
+from deepearth_jax.models.config_error import ModelConfigError
 from deepearth_jax.optim import make_optimizer
 
 Batch = Mapping[str, jax.Array]
@@ -48,7 +50,12 @@ def build_train_state(
 ) -> TrainState:
     """The unsplit `TrainState` (model in train mode + optimizer) (what `create_train_state` traces)."""
     tx = make_optimizer(config.optimizer, total_steps)
-    model = create_model(config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed))
+    try:
+        model = create_model(
+            config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed)
+        )
+    except ModelConfigError as e:  # a user's config field; any other error from the model is a bug
+        raise ConfigError(f"config.model: {e}") from None
     model.train()
     return TrainState(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
 
@@ -254,7 +261,7 @@ def make_train_step(
     result as K calls with K = 1. Metric sums accumulate until the caller resets them (`init_metrics`).
     """
     if steps_per_call < 1:
-        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+        raise ConfigError(f"steps_per_call must be >= 1, got {steps_per_call}")
     step = _train_step_fn(config, graphdef, _device_label_map(label_map, mesh), mesh)
     if steps_per_call > 1:
         single = step

@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only SIGTERM ends the loop early: exit 128 + 15 after saving, so a scheduler requeues the job.
         return 0 if summary["complete"] else 143
 
-    return run_command(command, (TrainError,), "interrupted (the last checkpoint is kept; rerun to resume)")
+    return run_command(command, "interrupted (the last checkpoint is kept; rerun to resume)")
 
 
 if __name__ == "__main__":

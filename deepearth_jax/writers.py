@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from deepearth_jax.errors import WorkdirError
+
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +112,7 @@ def read_records(path: Path) -> list[dict]:
             if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
                 log.warning("%s: dropping a torn last line %d (%s)", path, number, e)
                 break
-            raise ValueError(f"{path}: line {number} is not a metrics record ({e})") from None
+            raise WorkdirError(f"{path}: line {number} is not a metrics record ({e})") from None
         records.append(record)
     return records
 

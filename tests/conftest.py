@@ -60,6 +60,23 @@ def test_seed(salt: str = "") -> int:
 test_seed.__test__ = False  # a helper, not a test
 
 
+# Optional packages (in no extra the README installs): the tests that need one skip with this reason, unless
+# DEEPEARTH_TEST_REQUIRE names it (CI's run with PyTorch installed), where a missing package fails instead.
+OPTIONAL_PACKAGES = {
+    "torch": "PyTorch (the CPU build is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+}
+
+
+def optional_import(name: str, needed_for: str):
+    """The module `name`, or a skip of the calling test (or module) saying what needs it and how to add it."""
+    required = {n.strip() for n in os.environ.get("DEEPEARTH_TEST_REQUIRE", "").split(",") if n.strip()}
+    if name in required:
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{needed_for} needs {OPTIONAL_PACKAGES.get(name, name)}")
+
+
 def pytest_report_header(config) -> str:
     return f"deepearth_jax test seed: DEEPEARTH_TEST_SEED={BASE_SEED}"
 

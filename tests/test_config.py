@@ -71,3 +71,27 @@ def test_configs_import_as_a_package():
     with pytest.raises(ValueError, match="takes a value"):
         common.parse_arg("size", size=1)
     assert common.parse_arg("tiny,size=3", tiny=False, size=1).to_dict() == {"tiny": True, "size": 3}
+
+
+def test_common_config_names_every_mode_and_task():
+    """configs/common.py's comments list every input mode and task the code knows (they went stale once)."""
+    from deepearth_jax import tasks
+    from deepearth_jax.data.modes import MODES
+
+    text = (ROOT / "configs" / "common.py").read_text()
+    for name in (*MODES, *tasks.names()):
+        assert f" {name} " in text.replace("|", " ").replace(".", " ").replace(",", " "), name
+
+
+def test_config_files_that_are_not_configs_are_one_line_config_errors(tmp_path):
+    from deepearth_jax.errors import ConfigError
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    with pytest.raises(ConfigError, match=r"broken.py failed: SyntaxError: ") as e:
+        load_config(str(broken))
+    assert "\n" not in str(e.value)
+    plain = tmp_path / "plain.py"
+    plain.write_text("X = 1\n")
+    with pytest.raises(ConfigError, match=r"plain.py failed: AttributeError: .*get_config"):
+        load_config(str(plain))

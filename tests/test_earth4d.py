@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import test_seed
+from conftest import optional_import, test_seed
 from flax import nnx
 
 from deepearth_jax.models import earth4d as e4d
@@ -191,7 +191,7 @@ def test_forward_and_table_gradient_equal_float64_reference():
 
 
 def test_pytorch_implementation_agrees():
-    torch = pytest.importorskip("torch")
+    torch = optional_import("torch", "the PyTorch Earth4D reference")
     from deepearth_jax.benchmarks.torch_earth4d import TorchEarth4D
 
     rng = np.random.default_rng(test_seed())

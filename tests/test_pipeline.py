@@ -13,6 +13,7 @@ from conftest import test_seed
 
 from deepearth_jax.data import compat, pipeline, reader
 from deepearth_jax.data.synthetic import make_synthetic_store
+from deepearth_jax.errors import StoreError
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +336,9 @@ def test_get_training_batch_errors_name_the_ids(store):
     vision_row = store.column("vision_row")
     no_vision = store.observation_ids[np.flatnonzero(vision_row < 0)[0]]
     with_vision = store.observation_ids[np.flatnonzero(vision_row >= 0)[0]]
-    with pytest.raises(KeyError, match="999999999_7"):
+    with pytest.raises(StoreError, match="999999999_7"):
         compat.get_training_batch(store, [with_vision, "999999999_7"])
-    with pytest.raises(ValueError, match=f"1 observation id\\(s\\) have no vision embedding: {no_vision}"):
+    with pytest.raises(StoreError, match=f"1 observation id\\(s\\) have no vision embedding: {no_vision}"):
         compat.get_training_batch(store, [with_vision, no_vision])
     batch = compat.get_training_batch(store, [no_vision], include_vision=False)
     assert "vision_embeddings" not in batch and batch["language_embeddings"].shape == (1, 16)

@@ -13,10 +13,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from conftest import test_seed
+from conftest import optional_import, test_seed
 from flax import nnx
 
-torch = pytest.importorskip("torch")
+torch = optional_import("torch", "parity with the original's PyTorch models")
 
 from deepearth_jax import parallel, steps  # noqa: E402
 from deepearth_jax.benchmarks.torch_reference import (  # noqa: E402

@@ -28,6 +28,7 @@ import numpy as np
 from deepearth_jax.data import modes, pipeline
 from deepearth_jax.data.reader import BatchReader
 from deepearth_jax.data.store import open_store
+from deepearth_jax.errors import CliError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _device_figures(store, rows, args, batch_bytes: int) -> dict:
 
     devices = jax.devices()
     if args.batch_size % len(devices):
-        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {len(devices)} devices")
+        raise CliError(f"--batch-size {args.batch_size} is not divisible by the {len(devices)} devices")
     mesh = jax.make_mesh((len(devices),), ("data",))
     sharding = NamedSharding(mesh, P("data"))
     figures: dict = {"backend": jax.default_backend(), "devices": len(devices)}
@@ -168,7 +169,7 @@ def _device_figures(store, rows, args, batch_bytes: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0 or args.runs <= 0 or args.repeats <= 0:
-        raise ValueError("--batch-size, --runs and --repeats must be positive")
+        raise CliError("--batch-size, --runs and --repeats must be positive")
     store = open_store(args.store)
     rows = pipeline.usable_rows(store, np.arange(store.num_observations), args.mode)
     buffer_bytes = int(args.buffer_mb * (1 << 20))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepearth_jax.errors import CliError
 from deepearth_jax.io import write_json_atomic
 from deepearth_jax.models import earth4d as e4d
 
@@ -87,16 +88,14 @@ def time_torch(layouts, config, table, coords, cotangent, min_time) -> tuple[flo
 
 def run(args: argparse.Namespace) -> int:
     if args.points < 1 or args.min_time <= 0:
-        raise ValueError(f"--points must be >= 1 and --min-time > 0, got {args.points}, {args.min_time}")
+        raise CliError(f"--points must be >= 1 and --min-time > 0, got {args.points}, {args.min_time}")
     if args.compare_torch:
         try:
             import torch
         except ImportError:
-            raise ValueError(
-                "--compare-torch needs PyTorch: pip install torch (CPU build is enough)"
-            ) from None
+            raise CliError("--compare-torch needs PyTorch: pip install torch (CPU build is enough)") from None
         if jax.default_backend() != "cpu":
-            raise ValueError("--compare-torch compares on CPU only: run with JAX_PLATFORMS=cpu")
+            raise CliError("--compare-torch compares on CPU only: run with JAX_PLATFORMS=cpu")
     config = e4d.Earth4DConfig(use_elevation=args.elevation, interpolation=args.interpolation)
     layouts = e4d.build_layouts(config)
     rng = np.random.default_rng(0)

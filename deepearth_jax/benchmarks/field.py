@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from deepearth_jax.errors import CliError
 from deepearth_jax.io import write_json_atomic
 from deepearth_jax.models import earth4d as e4d
 
@@ -166,7 +167,7 @@ def psnr(model: nnx.Module, xyt: np.ndarray, target: np.ndarray) -> float:
 
 def run(args: argparse.Namespace) -> int:
     if min(args.points, args.steps, args.batch, args.hidden) < 1:
-        raise ValueError("--points, --steps, --batch and --hidden must be >= 1")
+        raise CliError("--points, --steps, --batch and --hidden must be >= 1")
     rng = np.random.default_rng(args.seed)
     train_x, val_x, test_x = (rng.random((n, 3)).astype(np.float32) for n in (args.points, 4096, TEST_POINTS))
     train_y, val_y, test_y = field(train_x), field(val_x), field(test_x)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from deepearth_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,8 +87,20 @@ def _timed(argv: list[str]) -> tuple[float, str]:
     done = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise ValueError(f"{' '.join(argv[:4])} ... failed: {done.stderr.strip()[-500:]}")
+        raise UserError(child_failure(argv, done.returncode, done.stderr))
     return wall, done.stdout
+
+
+def child_failure(argv: list[str], status: int, stderr: str, context: int = 8) -> str:
+    """What failed, in whole lines: the child's command, status and its last `error: ...` line (our CLIs'
+    one-line errors) or else its last line (a traceback's exception); the last `context` lines of its
+    stderr are logged, so a crash's traceback is seen too."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    last = errors[-1].removeprefix("error: ") if errors else (lines[-1] if lines else "(nothing on stderr)")
+    if lines and not errors:
+        log.error("the child's last lines on stderr:\n%s", "\n".join(lines[-context:]))
+    return f"{' '.join(argv[:4])} ... failed (exit status {status}): {last}"
 
 
 def _cache_entries() -> int:
@@ -116,6 +133,13 @@ def _time_ours(config: str, overrides: list[str], tmp: str) -> tuple[float, floa
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401  (the reference loop's; checked before ours runs for a minute)
+    except ImportError:
+        raise UserError(
+            "benchmark quickstart needs PyTorch; the CPU build is enough: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+        ) from None
     overrides = list(getattr(args, "overrides", ()))
     with tempfile.TemporaryDirectory(prefix="quickstart-") as tmp:
         jax_s, first_s, warm = _time_ours(args.config, overrides, tmp)

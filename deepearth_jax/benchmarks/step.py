@@ -27,6 +27,7 @@ import numpy as np
 
 from deepearth_jax.benchmarks.torch_reference import torch_optimizer, torch_reference_model
 from deepearth_jax.data import modes
+from deepearth_jax.errors import CliError
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +237,20 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, getattr(args, "overrides", ()))
     if args.num_classes < 1:
-        raise ValueError(f"--num-classes must be >= 1, got {args.num_classes}")
+        raise CliError(f"--num-classes must be >= 1, got {args.num_classes}")
     if args.min_time <= 0:
-        raise ValueError(f"--min-time must be > 0, got {args.min_time}")
+        raise CliError(f"--min-time must be > 0, got {args.min_time}")
     if args.compare_torch:
         try:
             import torch
         except ImportError:
-            raise ValueError(
-                "--compare-torch needs PyTorch: pip install torch (CPU build is enough)"
-            ) from None
+            raise CliError("--compare-torch needs PyTorch: pip install torch (CPU build is enough)") from None
         torch_reference_model(config, input_dims_of(config), args.num_classes)  # fails early for other models
         torch_device = "cpu"
         if jax.default_backend() != "cpu":
             if not torch.cuda.is_available():
-                raise ValueError(f"JAX runs on {jax.default_backend()} but PyTorch sees no CUDA device")
-            raise ValueError("--compare-torch on an accelerator is not supported yet: run it on CPU")
+                raise CliError(f"JAX runs on {jax.default_backend()} but PyTorch sees no CUDA device")
+            raise CliError("--compare-torch on an accelerator is not supported yet: run it on CPU")
     dims = input_dims_of(config)
     mesh = parallel.make_mesh(int(config.mesh.get("data", -1)))
     print(parallel.describe(mesh))

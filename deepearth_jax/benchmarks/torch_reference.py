@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from deepearth_jax.errors import ConfigError
+
 TORCH_REFERENCES = ("language_classifier", "vision_classifier", "mae")
 
 
@@ -79,10 +81,10 @@ def torch_reference_model(config: Any, input_dims: dict[str, Any], num_classes: 
 
     name = config.model.name
     if name not in TORCH_REFERENCES:
-        raise ValueError(f"no PyTorch reference for model {name!r} (have: {', '.join(TORCH_REFERENCES)})")
+        raise ConfigError(f"no PyTorch reference for model {name!r} (have: {', '.join(TORCH_REFERENCES)})")
     if name == "mae":
         if config.model.get("space_time", False):
-            raise ValueError(
+            raise ConfigError(
                 "the PyTorch reference MAE has no space-time token: compare configs/mae.py:space_time=false"
             )
         return _torch_mae(config, input_dims)

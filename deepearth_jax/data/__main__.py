@@ -9,8 +9,6 @@ import argparse
 import importlib
 import sys
 
-from deepearth_jax.errors import CliError
-
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "synth": (
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepearth_jax.cli import run_command, setup_logging
 
     setup_logging(args.verbose)
-    return run_command(lambda: args.handler(args), (CliError,))
+    return run_command(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

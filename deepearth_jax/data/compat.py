@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.errors import StoreError
 
 
 def _as_store(store: store_lib.Store | str | os.PathLike) -> store_lib.Store:
@@ -27,25 +28,25 @@ def get_training_batch(
     int32, `locations` `(B, 3)` float32 (latitude, longitude in degrees, elevation in metres, NaN when
     unknown), `timestamps` `(B, 6)` float32 (year, month, day, hour, minute, second; NaN where unknown),
     and, when asked, `language_embeddings` `(B, L)` float32 and `vision_embeddings` `(B, T, H, W, D)` in
-    the store dtype. Raises KeyError naming unknown ids and ValueError naming ids without a vision
+    the store dtype. Raises StoreError naming unknown ids, or ids without a vision
     embedding when vision is asked for; nothing is ever filled with zeros.
     """
     store = _as_store(store)
     ids = [str(i) for i in observation_ids]
     if not ids:
-        raise ValueError("no observation ids given")
+        raise StoreError("no observation ids given")
     rows = store.rows_of(ids)
     if include_vision:
         if not store.has_vision:
-            raise ValueError(f"store {store.path} has no vision embeddings")
+            raise StoreError(f"store {store.path} has no vision embeddings")
         missing = [ids[i] for i in np.flatnonzero(store.column("vision_row")[rows] < 0)]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise ValueError(
+            raise StoreError(
                 f"{len(missing)} observation id(s) have no vision embedding: {', '.join(missing[:5])}{more}"
             )
     if include_language and store.language is None:
-        raise ValueError(f"store {store.path} has no language embeddings")
+        raise StoreError(f"store {store.path} has no language embeddings")
     col = store.column
     names = store.species_names
     species_index = col("species_index")[rows].astype(np.int32)

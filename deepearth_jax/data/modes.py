@@ -18,6 +18,7 @@ occurrence table: no embeddings) serves `geo` alone; `check_store` refuses every
 from __future__ import annotations
 
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.errors import ConfigError
 
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "language": ("language",),
@@ -38,7 +39,7 @@ DEVICE_EPOCH_MODES = ("language", "vision_pooled", "geo", "vision_geo")
 def check_mode(mode: str) -> None:
     """Raises ValueError naming the known modes for an unknown one."""
     if mode not in INPUT_KEYS:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
 def input_keys(mode: str) -> tuple[str, ...]:

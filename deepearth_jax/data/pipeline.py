@@ -30,6 +30,7 @@ from deepearth_jax.data import modes
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.background import background_iter
 from deepearth_jax.data.reader import BatchReader
+from deepearth_jax.errors import ConfigError, TrainError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _check_batching(num_rows: int, global_batch_size: int, process_index: int, p
     if process_count <= 0 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
     if global_batch_size % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"global_batch_size {global_batch_size} is not divisible by the process count {process_count}"
         )
     return global_batch_size // process_count
@@ -149,11 +150,11 @@ class TrainBatches:
         local = _check_batching(len(self.rows), global_batch_size, process_index, process_count)
         self.steps_per_epoch = len(self.rows) // global_batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise TrainError(
                 f"{len(self.rows)} training rows make no full global batch of {global_batch_size}"
             )
         if not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+            raise ConfigError(f"seed must be in [0, 2**32), got {seed}")
         self.mode, self.global_batch_size, self.seed = mode, int(global_batch_size), int(seed)
         self.reader, self.num_threads, self.prefetch = _threaded_reader(
             store, mode, local, num_threads, buffer_bytes
@@ -223,7 +224,7 @@ class TrainBatches:
         """
         for key, value in self._identity.items():
             if key in state and state[key] != value:
-                raise ValueError(
+                raise TrainError(
                     f"cannot resume: the saved iterator state has {key}={state[key]!r}, this one {value!r}"
                 )
         self._iterator.set_state({"next_index": int(state["next_index"])})
@@ -265,7 +266,7 @@ def eval_batches(
     rows = _check_rows(store, rows)
     local = _check_batching(len(rows), global_batch_size, process_index, process_count)
     if len(rows) == 0:
-        raise ValueError("no rows to evaluate")
+        raise TrainError("no rows to evaluate")
     steps = -(-len(rows) // global_batch_size)
     reader, grain_threads, prefetch = _threaded_reader(store, mode, local, num_threads, buffer_bytes)
     n = len(rows)

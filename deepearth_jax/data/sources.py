@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
+from deepearth_jax.errors import CliError
+
 HF_OBSERVATIONS_FILE = "observations.parquet"
 HF_VISION_INDEX_FILE = "vision_index.parquet"
 HF_VISION_DIR = "vision_embeddings"
@@ -40,13 +42,13 @@ OPTIONAL_OBSERVATION_COLUMNS = ("taxon_id", "hour", "minute", "second", "image_u
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parses "T,H,W,D" into a tuple of positive ints; raises ValueError with the text."""
+    """Parses "T,H,W,D" into a tuple of positive ints; raises CliError with the text."""
     try:
         shape = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:
-        raise ValueError(f"shape must be comma-separated integers like 8,24,24,1408, got {text!r}") from None
+        raise CliError(f"shape must be comma-separated integers like 8,24,24,1408, got {text!r}") from None
     if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"shape must be four positive integers T,H,W,D, got {text!r}")
+        raise CliError(f"shape must be four positive integers T,H,W,D, got {text!r}")
     return shape
 
 

@@ -387,7 +387,7 @@ class Store:
     def rows_of(self, observation_ids: Iterable[str], *, allow_missing: bool = False) -> np.ndarray:
         """Observation table rows of the given ids, `(N,)` int64.
 
-        Unknown ids raise KeyError naming them (count and the first few), or map to -1 with allow_missing.
+        Unknown ids raise StoreError naming them (count and the first few), or map to -1 with allow_missing.
         """
         if self._row_of_id is None:
             self._row_of_id = {oid: i for i, oid in enumerate(self.observation_ids)}
@@ -397,7 +397,7 @@ class Store:
             missing = [ids[i] for i in np.flatnonzero(rows < 0)]
             shown = ", ".join(map(repr, missing[:5]))
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise KeyError(f"{len(missing)} observation id(s) not in store {self.path}: {shown}{more}")
+            raise StoreError(f"{len(missing)} observation id(s) not in store {self.path}: {shown}{more}")
         return rows
 
 

@@ -47,6 +47,7 @@ from deepearth_jax.data.sources import (  # noqa: F401  (the layouts, re-exporte
     parse_shape,
 )
 from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
+from deepearth_jax.errors import StoreError
 from deepearth_jax.io import progress_bar
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,15 @@ class SyntheticConfig:
 
     def __post_init__(self):
         if self.observations < 1:
-            raise ValueError(f"observations must be >= 1, got {self.observations}")
+            raise StoreError(f"observations must be >= 1, got {self.observations}")
         if not 1 <= self.species <= self.observations:
-            raise ValueError(f"species must be in 1..observations ({self.observations}), got {self.species}")
+            raise StoreError(f"species must be in 1..observations ({self.observations}), got {self.species}")
         if len(self.vision_shape) != 4 or min(self.vision_shape) < 1:
-            raise ValueError(f"vision shape must be four positive sizes T,H,W,D, got {self.vision_shape}")
+            raise StoreError(f"vision shape must be four positive sizes T,H,W,D, got {self.vision_shape}")
         if self.language_dim < 1:
-            raise ValueError(f"language dim must be >= 1, got {self.language_dim}")
+            raise StoreError(f"language dim must be >= 1, got {self.language_dim}")
         if not 0.0 < self.vision_fraction <= 1.0:
-            raise ValueError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
+            raise StoreError(f"vision fraction must be in (0, 1], got {self.vision_fraction}")
 
 
 def _range_affinity(

@@ -21,6 +21,7 @@ from deepearth_jax.data.sources import (
     original_shape_text,
 )
 from deepearth_jax.data.synthetic import SyntheticDataset
+from deepearth_jax.errors import StoreError
 from deepearth_jax.io import progress_bar
 
 # Rows per vision_embeddings file: about as many as the published files hold (~45), but at least three
@@ -33,7 +34,7 @@ _ROW_GROUP_BYTES = 64 << 20
 def _prepare_out(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not an empty directory; choose another --out")
+        raise StoreError(f"{out} exists and is not an empty directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 from .classifiers import AttentiveProbeClassifier, LanguageClassifier, VisionClassifier
 from .geo_prior import GeoPrior
 from .mae import MultimodalMaskedAutoencoder, SpaceTimeToken
@@ -37,13 +39,15 @@ __all__ = ["BUILDERS", "create_model"]
 
 def _dim(input_dims: Mapping[str, int], key: str, name: str) -> int:
     if key not in input_dims or int(input_dims[key]) < 1:
-        raise ValueError(f"model {name} needs input_dims[{key!r}] (a positive width), got {dict(input_dims)}")
+        raise ModelConfigError(
+            f"model {name} needs input_dims[{key!r}] (a positive width), got {dict(input_dims)}"
+        )
     return int(input_dims[key])
 
 
 def _classes(num_classes: int, name: str) -> int:
     if num_classes < 1:
-        raise ValueError(f"model {name} needs num_classes >= 1, got {num_classes}")
+        raise ModelConfigError(f"model {name} needs num_classes >= 1, got {num_classes}")
     return num_classes
 
 
@@ -103,7 +107,7 @@ def _mae(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs) -> n
 
 def _normalizer(dims: Mapping[str, Any], name: str) -> dict:
     if "earth4d_normalizer" not in dims:
-        raise ValueError(
+        raise ModelConfigError(
             f"model {name} needs input_dims['earth4d_normalizer'] (a mode that reads place and date)"
         )
     return dict(dims["earth4d_normalizer"])
@@ -169,5 +173,5 @@ def create_model(
     """
     name = model_config["name"]
     if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(BUILDERS)}")
+        raise ModelConfigError(f"unknown model {name!r}; known: {', '.join(BUILDERS)}")
     return BUILDERS[name](model_config, input_dims, num_classes, rngs)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 # PyTorch's nn.LayerNorm default; flax's is 1e-6.
 TORCH_LAYER_NORM_EPS = 1e-5
 
@@ -123,11 +125,11 @@ class AttentiveProbeClassifier(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if vision_dim % num_heads:
-            raise ValueError(
+            raise ModelConfigError(
                 f"attentive probe: vision dim {vision_dim} is not divisible by num_heads {num_heads}"
             )
         if num_queries < 1:
-            raise ValueError(f"attentive probe: num_queries must be >= 1, got {num_queries}")
+            raise ModelConfigError(f"attentive probe: num_queries must be >= 1, got {num_queries}")
         self.num_heads = num_heads
         self.queries = nnx.Param(
             jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (num_queries, vision_dim)) * 0.02

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 X, Y, Z, T, DOY = range(5)
 AXIS_NAMES = ("x", "y", "z", "t", "doy")
 PRIMES = (1, 2654435761, 805459861)
@@ -65,15 +67,19 @@ class Earth4DConfig:
 
     def __post_init__(self):
         if self.levels < 1 or self.features < 1:
-            raise ValueError(f"levels and features must be >= 1, got {self.levels}, {self.features}")
+            raise ModelConfigError(f"levels and features must be >= 1, got {self.levels}, {self.features}")
         if not 4 <= self.log2_table_size <= 30:
-            raise ValueError(f"log2_table_size must be in [4, 30], got {self.log2_table_size}")
+            raise ModelConfigError(f"log2_table_size must be in [4, 30], got {self.log2_table_size}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ModelConfigError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
         for name in ("spatial", "elevation", "time", "doy"):
             low, high = getattr(self, f"{name}_resolution")
             if not 1.0 < low <= high:
-                raise ValueError(f"{name}_resolution must satisfy 1 < coarsest <= finest, got {(low, high)}")
+                raise ModelConfigError(
+                    f"{name}_resolution must satisfy 1 < coarsest <= finest, got {(low, high)}"
+                )
 
 
 DEFAULT_CONFIG = Earth4DConfig()
@@ -89,7 +95,7 @@ def as_config(value: Earth4DConfig | Mapping[str, Any] | None) -> Earth4DConfig:
     fields = {f.name for f in dataclasses.fields(Earth4DConfig)}
     unknown = sorted(set(value) - fields)
     if unknown:
-        raise ValueError(f"unknown Earth4D config fields {unknown}; known: {sorted(fields)}")
+        raise ModelConfigError(f"unknown Earth4D config fields {unknown}; known: {sorted(fields)}")
     return Earth4DConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()})
 
 
@@ -173,7 +179,7 @@ def build_layouts(config: Earth4DConfig) -> tuple[GridLayout, ...]:
             )
         )
     if offset >= 2**31:
-        raise ValueError(f"the table would have {offset} entries; more than int32 indices can address")
+        raise ModelConfigError(f"the table would have {offset} entries; more than int32 indices can address")
     return tuple(layouts)
 
 

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 from .classifiers import torch_linear
 from .earth4d import Earth4D, Earth4DConfig, Earth4DNormalizer, Z
 
@@ -87,7 +89,7 @@ class GeoPrior(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if num_classes < 1 or hidden < 1 or blocks < 0:
-            raise ValueError(
+            raise ModelConfigError(
                 f"GeoPrior needs num_classes, hidden >= 1 and blocks >= 0, got {num_classes}, "
                 f"{hidden}, {blocks}"
             )

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 from .classifiers import MLP, pooled_vision, torch_layer_norm, torch_linear
 from .earth4d import Earth4D, Earth4DConfig, Earth4DNormalizer
 from .geo_prior import as_normalizer
@@ -106,7 +108,7 @@ class MultimodalMaskedAutoencoder(nnx.Module):
         """`space_time`: the space-time token (built by the caller, after the modules below, so that a model
         without it draws exactly the parameters it always did), or None."""
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mae: mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise ModelConfigError(f"mae: mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
         self.deterministic = False  # set by model.train() / model.eval(): no masking when True
         self.vision_encoder = Encoder(vision_dim, shared_dim, rngs=rngs)

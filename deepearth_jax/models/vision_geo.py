@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepearth_jax.models.config_error import ModelConfigError
+
 from .classifiers import MLP, pooled_vision, torch_layer_norm, torch_linear
 from .earth4d import Earth4DConfig, Earth4DNormalizer
 from .geo_prior import GeoTrunk, as_normalizer
@@ -52,7 +54,7 @@ class VisionGeoClassifier(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if min(vision_dim, num_classes, hidden) < 1:
-            raise ValueError(
+            raise ModelConfigError(
                 f"VisionGeoClassifier needs positive widths, got {vision_dim}, {num_classes}, {hidden}"
             )
         self.normalizer = as_normalizer(normalizer)

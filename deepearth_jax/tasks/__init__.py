@@ -28,6 +28,8 @@ import pkgutil
 from types import ModuleType
 from typing import Any
 
+from deepearth_jax.errors import ConfigError
+
 
 def names() -> tuple[str, ...]:
     """The task modules of this package."""
@@ -38,5 +40,5 @@ def from_config(config: Any) -> ModuleType:
     """The task module named by `config.task`; ValueError naming the known ones otherwise."""
     name = config.task
     if name not in names():
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(names())}")
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(names())}")
     return importlib.import_module(f"{__name__}.{name}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from deepearth_jax.errors import ConfigError
 from deepearth_jax.models.geo_prior import assume_negative_full_loss, random_background_coords
 from deepearth_jax.tasks.classification import (  # noqa: F401  (the task interface, scored as classification)
     BASELINES,
@@ -38,7 +39,7 @@ def background_key(coords: jax.Array) -> jax.Array:
 def loss(model, inputs, labels, mask):
     """The assume-negative-full loss over labelled, unmasked rows and the sums of loss and top-1 hits."""
     if not hasattr(model, "logits_at"):
-        raise ValueError("task geo_presence needs a model with logits_at (model.name=geo_prior)")
+        raise ConfigError("task geo_presence needs a model with logits_at (model.name=geo_prior)")
     coords = model.coords(inputs)
     logits = model.logits_at(coords).astype(jnp.float32)
     weight = mask & (labels >= 0)

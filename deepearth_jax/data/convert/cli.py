@@ -16,10 +16,12 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source",
         type=Path,
-        help="HF dataset directory, or the dashboard's directory (see DATA.md); or an occurrence table: a "
-        "GBIF simple download or Darwin Core table (.tsv/.csv/.txt, tab or comma detected), a Parquet file, "
-        "or a Darwin Core Archive (.zip, or a directory with meta.xml), which gives a store with place, "
-        "date and species and no embeddings (for the geo modes)",
+        help="the dataset directory, in either published layout (detected from its files): Hugging Face "
+        "(observations.parquet, vision_index.parquet, vision_embeddings/*.parquet) or the original "
+        "dashboard's (observations.parquet beside embeddings.mmap and embeddings_index.db); or an "
+        "occurrence table: a GBIF simple download or Darwin Core table (.tsv/.csv/.txt, tab or comma "
+        "detected), a Parquet file, or a Darwin Core Archive (.zip, or a directory with meta.xml), which "
+        "gives a store with place, date and species and no embeddings (for the geo modes)",
     )
     p.add_argument(
         "--out",

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from deepearth_jax.data.convert.errors import ConvertError
+
+
+class ColumnTypeError(ConvertError, ValueError):
+    """A source column of another type than its layout says; a ValueError too, so that callers that add the
+    file and column name (`observations._column_errors`) still catch it."""
+
 
 def flatten_list_column(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A (nested) list column -> `(values, offsets (N+1,), valid (N,))`: row i is values[o[i]:o[i+1]].
@@ -29,9 +36,9 @@ def flatten_list_column(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.nd
         offsets = level if offsets is None else level[offsets]
         array = child
     if offsets is None:
-        raise ValueError(f"expected a list column, got {column.type}")
+        raise ColumnTypeError(f"expected a list column, got {column.type}")
     if not (pa.types.is_floating(array.type) or pa.types.is_integer(array.type)):
-        raise ValueError(f"expected lists of numbers, got {column.type}")
+        raise ColumnTypeError(f"expected lists of numbers, got {column.type}")
     values = array.to_numpy(zero_copy_only=False)
     if array.null_count and not np.issubdtype(values.dtype, np.floating):
         values = array.cast(pa.float64()).to_numpy(zero_copy_only=False)

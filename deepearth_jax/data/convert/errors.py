@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepearth_jax.data.store import StoreError
+from deepearth_jax.errors import StoreError
 
 # Bad-row kinds and what they mean (the manifest's `skipped` entries and the error message use these names).
 BAD_KINDS = {

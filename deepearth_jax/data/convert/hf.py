@@ -130,24 +130,31 @@ def checked_vision_shape(
     first = _first_row(vision_dir, names)
     if first is None:
         if shape is None:
-            raise ValueError(f"no embeddings file under {vision_dir} has a row: pass --vision-shape T,H,W,D")
+            raise StoreError(f"no embeddings file under {vision_dir} has a row: pass --vision-shape T,H,W,D")
         return shape
     path, text, length, cell = first
     given = shape is not None
     if shape is None:
         if text:
-            shape = resolve_vision_shape(parse_original_shape(text))
+            try:
+                shape = resolve_vision_shape(parse_original_shape(text))
+            except ValueError as e:  # the file's original_shape says no usable (T, H, W, D)
+                raise StoreError(f"{path}: {e}") from None
         elif length == math.prod(REAL_VISION_SHAPE):
             shape = REAL_VISION_SHAPE
         else:
-            raise ValueError(f"{path} does not say the shape of its {length} values: pass --vision-shape")
+            raise StoreError(f"{path} does not say the shape of its {length} values: pass --vision-shape")
     what = f"--vision-shape {','.join(map(str, shape))}" if given else f"original_shape {text!r}"
     if length != math.prod(shape):
         raise StoreError(
             f"{what} disagrees with {path}: its first embedding has {length} values, not "
             f"{math.prod(shape)} for {list(shape)}"
         )
-    if given and text and not shape_matches(parse_original_shape(text), shape):
+    try:
+        original = parse_original_shape(text) if given and text else None
+    except ValueError as e:
+        raise StoreError(f"{path}: {e}") from None
+    if original is not None and not shape_matches(original, shape):
         raise StoreError(f"{what} disagrees with {path}: its first embedding has original_shape {text!r}")
     inner = inner_lists_ok(cell, shape[-1])
     if inner is not None and not inner.all():

@@ -97,9 +97,9 @@ def convert(
             raise StoreError(f"{out} holds an incomplete conversion of another source; delete it")
         return convert_occurrences(source, out, skip_bad=skip_bad, resume=existing is not None)
     if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+        raise ConvertError(f"dtype must be float16 or float32, got {dtype!r}")
     if vision_shape is not None and (len(vision_shape) != 4 or min(vision_shape) < 1):
-        raise ValueError(f"vision shape must be four positive sizes T,H,W,D, got {vision_shape}")
+        raise ConvertError(f"vision shape must be four positive sizes T,H,W,D, got {vision_shape}")
     layout = detect_layout(source)
     _check_out(out)
     existing = _existing_conversion(out)

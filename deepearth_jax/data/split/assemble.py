@@ -19,6 +19,7 @@ from deepearth_jax.data.split.reasons import Kind, of_kind
 from deepearth_jax.data.split.regions import assign_reasons, choose_regions, count_observations
 from deepearth_jax.data.split.stats import fold_statistics, statistics
 from deepearth_jax.data.split.validation import carve_validation
+from deepearth_jax.errors import SplitError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def _optional_int(value) -> int | None:
     return None if value is None or not np.isfinite(value) else int(value)
 
 
-def _file_error(other: Split, field: str, expected: str, value) -> ValueError:
-    return ValueError(f"{other.path or 'the split file'}: {field} must be {expected}, got {value!r}")
+def _file_error(other: Split, field: str, expected: str, value) -> SplitError:
+    return SplitError(f"{other.path or 'the split file'}: {field} must be {expected}, got {value!r}")
 
 
 def _file_number(other: Split, field: str, value, low: float = 0.0) -> float:
@@ -102,7 +103,7 @@ def _check_years(pool: Pool, years: list[int]) -> None:
     present = set(np.unique(pool.year).tolist())
     absent = [y for y in years if y not in present]
     if absent:
-        raise ValueError(
+        raise SplitError(
             f"test year(s) {', '.join(map(str, absent))} have no observations in the pool of "
             f"{len(pool.rows)} (years present: {int(pool.year.min())}..{int(pool.year.max())})"
         )
@@ -137,7 +138,7 @@ def _check_training(split: np.ndarray, fold, bits, reason) -> None:
     """Refuses a split (or a fold) that leaves nothing to train on."""
     counts = {s: int((split == s).sum()) for s in ("train", "test", "excluded", "validation")}
     if counts["train"] == 0:
-        raise ValueError(
+        raise SplitError(
             f"the split leaves no training observations (test {counts['test']}, validation "
             f"{counts['validation']}, excluded {counts['excluded']}); use fewer test years or regions, a "
             "smaller --buffer-km, or fewer --validation-years / --validation-regions"
@@ -147,7 +148,7 @@ def _check_training(split: np.ndarray, fold, bits, reason) -> None:
     validation_buffer = of_kind(reason, Kind.VALIDATION_BUFFER)
     for k in range(int(fold.max()) + 1):
         if not fold_masks(fold == k, ((bits >> k) & 1) == 1, split, validation_buffer)["train"].any():
-            raise ValueError(
+            raise SplitError(
                 f"fold {k} leaves no training observations; use a smaller --buffer-km or more folds"
             )
 
@@ -352,7 +353,7 @@ def _compare_with(other: Split, pool: Pool, reason: np.ndarray, fold, allow_miss
     theirs = other.ids
     missing = [oid for oid in theirs if oid not in index]
     if missing and not allow_missing:
-        raise ValueError(
+        raise SplitError(
             f"split file {other.path or '(in memory)'} names {len(missing)} observation id(s) that this "
             f"store's candidate pool lacks: {describe_ids(missing)}; pass --allow-missing to drop them"
         )
@@ -360,7 +361,7 @@ def _compare_with(other: Split, pool: Pool, reason: np.ndarray, fold, allow_miss
     different = [oid for oid in shared if other.reasons[oid] != str(reason[index[oid]])]
     if different:
         shown = ", ".join(f"{o}: {other.reasons[o]} -> {reason[index[o]]}" for o in different[:3])
-        raise ValueError(
+        raise SplitError(
             f"re-applying {other.path or 'the split file'} gives {len(different)} of {len(shared)} shared "
             f"ids another reason ({shown}); this store's coordinates or years differ from the ones it was "
             "made from"
@@ -368,7 +369,7 @@ def _compare_with(other: Split, pool: Pool, reason: np.ndarray, fold, allow_miss
     if fold is not None and other.folds is not None:
         moved = [oid for oid in shared if other.folds[oid] != fold[index[oid]]]
         if moved:
-            raise ValueError(
+            raise SplitError(
                 f"re-applying {other.path or 'the split file'} moves {len(moved)} shared ids to another fold "
                 f"(e.g. {describe_ids(moved, 3)})"
             )

@@ -9,6 +9,7 @@ from deepearth_jax.data.split.assemble import make_split
 from deepearth_jax.data.split.file_format import write_split
 from deepearth_jax.data.split.options import DEFAULTS
 from deepearth_jax.data.split.stats import summary
+from deepearth_jax.errors import SplitError
 
 # Flags whose values --regions-from takes from the file (flag -> SplitOptions field).
 _FROM_FILE = {
@@ -162,13 +163,13 @@ def run_split(args: argparse.Namespace) -> int:
     if args.regions_from is not None:
         clash = [flag for flag in _FROM_FILE if flag in given]
         if clash:
-            raise ValueError(
+            raise SplitError(
                 f"{', '.join(clash)} come(s) from {args.regions_from} with --regions-from; drop them"
             )
     for flag in ("--out", "--plot"):
         path = getattr(args, _dest(flag))
         if path is not None and path.is_dir():
-            raise ValueError(f"{flag} {path} is a directory; give a file name such as split.json")
+            raise SplitError(f"{flag} {path} is a directory; give a file name such as split.json")
     options = DEFAULTS.replace(**{({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()})
     # Region flags given: those regions, never fitted to the pool (a lopsided result is refused).
     options = options.replace(fit_regions=not any(flag in given for flag in _REGION_FLAGS))
@@ -191,6 +192,6 @@ def run_split(args: argparse.Namespace) -> int:
         try:
             plot_split(payload, args.plot)
         except OSError as e:
-            raise ValueError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
+            raise SplitError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
         print(f"wrote {args.plot}")
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data.split.folds import fold_masks
 from deepearth_jax.data.split.reasons import Kind, Reason, kind_of
+from deepearth_jax.errors import SplitError
 
 SPLIT_FORMAT = "deepearth_jax.split"
 SPLIT_VERSION = 2  # 2: adds the validation set (v1 files are read as they are)
@@ -96,7 +97,7 @@ class Split:
         if not allow_missing and (rows < 0).any():
             ids = self.ids
             missing = [ids[i] for i in np.flatnonzero(rows < 0)]
-            raise ValueError(
+            raise SplitError(
                 f"split file {self.path or '(in memory)'} names {len(missing)} observation id(s) that store "
                 f"{store.path} lacks: {describe_ids(missing)}; "
                 "pass allow_missing (--allow-missing) to drop them"
@@ -117,11 +118,11 @@ class Split:
             )
             return splits == subset
         if self.folds is None:
-            raise ValueError(
+            raise SplitError(
                 f"split file {self.path or '(in memory)'} has no block-CV folds; make one with --folds"
             )
         if not 0 <= fold < self.num_folds:
-            raise ValueError(f"fold must be in 0..{self.num_folds - 1}, got {fold}")
+            raise SplitError(f"fold must be in 0..{self.num_folds - 1}, got {fold}")
         ids = self.ids
         fold_of = np.fromiter((self.folds[i] for i in ids), np.int64, len(ids))
         buffer = self.fold_buffer or {}
@@ -182,10 +183,10 @@ class Split:
 def _check_top_level(raw, where: str) -> None:
     """The keys and types every split file has; ValueError (one line) otherwise."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{where} is not a split file: the top level is not a JSON object")
+        raise SplitError(f"{where} is not a split file: the top level is not a JSON object")
     missing = [k for k in ("split_strategy", "test_spatial_regions", "observation_mappings") if k not in raw]
     if missing:
-        raise ValueError(
+        raise SplitError(
             f"{where} is not a DeepEarth split file: missing key(s) {', '.join(missing)} "
             f"(expected the keys of central_florida_split.json: {', '.join(ORIGINAL_KEYS)})"
         )
@@ -195,17 +196,17 @@ def _check_top_level(raw, where: str) -> None:
         or fmt.get("name") != SPLIT_FORMAT
         or fmt.get("version") not in READ_VERSIONS
     ):
-        raise ValueError(
+        raise SplitError(
             f"{where} has split format {fmt!r}; this deepearth_jax reads {SPLIT_FORMAT} "
             + " and ".join(f"v{v}" for v in READ_VERSIONS)
         )
     if not isinstance(raw["split_strategy"], dict):
-        raise ValueError(f"{where}: split_strategy must be an object")
+        raise SplitError(f"{where}: split_strategy must be an object")
     if not isinstance(raw["observation_mappings"], dict) or not isinstance(raw["test_spatial_regions"], list):
-        raise ValueError(f"{where}: observation_mappings must be an object and test_spatial_regions a list")
+        raise SplitError(f"{where}: observation_mappings must be an object and test_spatial_regions a list")
     check_regions(raw["test_spatial_regions"], where, "test_spatial_regions")
     if not isinstance(raw.get("validation_regions", []), list):
-        raise ValueError(f"{where}: validation_regions must be a list")
+        raise SplitError(f"{where}: validation_regions must be a list")
     check_regions(raw.get("validation_regions", []), where, "validation_regions")
 
 
@@ -218,25 +219,25 @@ def check_regions(regions: list, where: str, key: str) -> None:
     seen_ids, seen_bounds = set(), set()
     for n, region in enumerate(regions):
         if not isinstance(region, dict) or "region_id" not in region or "bounds" not in region:
-            raise ValueError(f"{where}: every {key} entry needs region_id and bounds (entry {n} does not)")
+            raise SplitError(f"{where}: every {key} entry needs region_id and bounds (entry {n} does not)")
         rid, bounds = region["region_id"], region["bounds"]
         if not isinstance(rid, int) or isinstance(rid, bool):
-            raise ValueError(f"{where}: {key}[{n}].region_id must be an integer, got {rid!r}")
+            raise SplitError(f"{where}: {key}[{n}].region_id must be an integer, got {rid!r}")
         if not isinstance(bounds, dict) or not all(k in bounds for k in ("north", "south", "east", "west")):
-            raise ValueError(f"{where}: region {rid} bounds need north, south, east, west")
+            raise SplitError(f"{where}: region {rid} bounds need north, south, east, west")
         bad = [k for k in ("north", "south", "east", "west") if not _finite(bounds[k])]
         if bad:
-            raise ValueError(
+            raise SplitError(
                 f"{where}: {key} region {rid} bounds.{bad[0]} must be a finite number, got {bounds[bad[0]]!r}"
             )
         if not (bounds["south"] <= bounds["north"] and bounds["west"] <= bounds["east"]):
-            raise ValueError(
+            raise SplitError(
                 f"{where}: {key} region {rid} bounds must have south <= north and west <= east, got {bounds}"
             )
         box = tuple(float(bounds[k]) for k in ("north", "south", "east", "west"))
         if rid in seen_ids or box in seen_bounds:
             what = f"region_id {rid}" if rid in seen_ids else f"the bounds of region {rid}"
-            raise ValueError(f"{where}: {key} has {what} twice (duplicated region)")
+            raise SplitError(f"{where}: {key} has {what} twice (duplicated region)")
         seen_ids.add(rid)
         seen_bounds.add(box)
 
@@ -244,11 +245,11 @@ def check_regions(regions: list, where: str, key: str) -> None:
 def _int_field(entry: dict, name: str, where: str, oid: str) -> int:
     value = entry[name]
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{where}: observation {oid!r} field {name} must be an integer, got {value!r}")
+        raise SplitError(f"{where}: observation {oid!r} field {name} must be an integer, got {value!r}")
     try:
         return int(value)
     except ValueError:
-        raise ValueError(
+        raise SplitError(
             f"{where}: observation {oid!r} field {name} must be an integer, got {value!r}"
         ) from None
 
@@ -256,18 +257,18 @@ def _int_field(entry: dict, name: str, where: str, oid: str) -> int:
 def _parse_entry(entry, oid: str, gbif: int, image_index: int, where: str) -> None:
     """Checks one observation_mappings entry; ValueError (one line) naming the id and field."""
     if not isinstance(entry, dict) or "split" not in entry or "split_reason" not in entry:
-        raise ValueError(f"{where}: observation {oid!r} has no split/split_reason")
+        raise SplitError(f"{where}: observation {oid!r} has no split/split_reason")
     if entry["split"] not in SUBSETS:
-        raise ValueError(
+        raise SplitError(
             f"{where}: observation {oid!r} has split {entry['split']!r}; expected train, test, excluded or "
             "validation"
         )
     if not isinstance(entry["split_reason"], str):
-        raise ValueError(f"{where}: observation {oid!r} split_reason must be a string")
+        raise SplitError(f"{where}: observation {oid!r} split_reason must be a string")
     if ("gbif_id" in entry and _int_field(entry, "gbif_id", where, oid) != gbif) or (
         "image_index" in entry and _int_field(entry, "image_index", where, oid) != image_index
     ):
-        raise ValueError(
+        raise SplitError(
             f"{where}: observation {oid!r} has gbif_id/image_index fields that disagree with its id"
         )
 
@@ -281,7 +282,7 @@ def parse_split(raw: dict, path: str | Path | None = None) -> Split:
     try:
         gbif, image_index = ids_lib.parse_observation_ids(ids)
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise SplitError(f"{where}: {e}") from None
     reasons: dict[str, str] = {}
     by_split: dict[str, list[str]] = {s: [] for s in SUBSETS}
     folds: dict[str, int] | None = (
@@ -295,11 +296,11 @@ def parse_split(raw: dict, path: str | Path | None = None) -> Split:
         reasons[oid] = entry["split_reason"]
         if folds is not None:
             if "fold" not in entry:
-                raise ValueError(f"{where}: observation {oid!r} has no fold while others do")
+                raise SplitError(f"{where}: observation {oid!r} has no fold while others do")
             folds[oid] = _int_field(entry, "fold", where, oid)
             buffer = entry.get("fold_buffer") or []
             if not isinstance(buffer, list) or not all(isinstance(f, int) for f in buffer):
-                raise ValueError(f"{where}: observation {oid!r} field fold_buffer must be a list of folds")
+                raise SplitError(f"{where}: observation {oid!r} field fold_buffer must be a list of folds")
             if buffer:
                 fold_buffer[oid] = [int(f) for f in buffer]
     return Split(
@@ -322,11 +323,11 @@ def load_split(path: str | Path) -> Split:
     """Reads a split file: ours, or the original `central_florida_split.json` as it is."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no split file at {path}")
+        raise SplitError(f"no split file at {path}")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise SplitError(f"{path} is not valid JSON: {e}") from None
     return parse_split(raw, path)
 
 
@@ -337,9 +338,9 @@ def write_split(payload: dict, path: str | Path) -> None:
     path = Path(path)
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise ValueError(f"cannot write split file {path}: {blocked} is not a directory")
+        raise SplitError(f"cannot write split file {path}: {blocked} is not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, payload)
     except OSError as e:  # under a regular file, read-only, disk full: one line, nothing half-written
-        raise ValueError(f"cannot write split file {path}: {e.strerror or e}") from None
+        raise SplitError(f"cannot write split file {path}: {e.strerror or e}") from None

@@ -9,6 +9,7 @@ import numpy as np
 
 from deepearth_jax.data import geo
 from deepearth_jax.data.split.options import MAX_BLOCKS, MAX_BUFFER_BLOCKS, MAX_FOLDS
+from deepearth_jax.errors import SplitError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _buffer_bits(lat, lon, row, col, fold, keys, block_fold, grid: dict, buffer_
     )
     reach = int(math.ceil(buffer_km / side_min))
     if reach > MAX_BUFFER_BLOCKS:
-        raise ValueError(
+        raise SplitError(
             f"--buffer-km {buffer_km:g} reaches {reach} blocks of {grid['block_km']:g} km (at most "
             f"{MAX_BUFFER_BLOCKS}); use a larger --block-km or a smaller --buffer-km"
         )
@@ -169,9 +170,9 @@ def make_folds(
         num_folds, buffer_km, seed = int(reuse["num_folds"]), float(reuse["buffer_km"]), int(reuse["seed"])
     else:
         if not 2 <= num_folds <= MAX_FOLDS:
-            raise ValueError(f"--folds must be in 2..{MAX_FOLDS}, got {num_folds}")
+            raise SplitError(f"--folds must be in 2..{MAX_FOLDS}, got {num_folds}")
         if block_km <= 0:
-            raise ValueError(f"--block-km must be > 0, got {block_km}")
+            raise SplitError(f"--block-km must be > 0, got {block_km}")
         grid = block_grid(lat, lon, block_km)
     row, col = block_of(lat, lon, grid)
     keys, inverse, counts = np.unique(
@@ -182,12 +183,12 @@ def make_folds(
         block_fold = _reused_block_folds(reuse, keys, counts, num_folds)
     else:
         if len(keys) < num_folds:
-            raise ValueError(
+            raise SplitError(
                 f"only {len(keys)} block(s) of {block_km:g} km hold observations: "
                 f"cannot make {num_folds} folds; use a smaller --block-km or fewer --folds"
             )
         if len(keys) > MAX_BLOCKS:
-            raise ValueError(
+            raise SplitError(
                 f"{len(keys)} blocks of {block_km:g} km hold observations (at most {MAX_BLOCKS}); "
                 "use a larger --block-km"
             )
@@ -215,11 +216,11 @@ def make_folds(
 def check_block_cv(record, where) -> None:
     """Checks another file's block_cv record before it is applied again: one line naming file and field."""
 
-    def fail(field: str, expected: str, value) -> ValueError:
-        return ValueError(f"{where}: split_strategy.block_cv.{field} must be {expected}, got {value!r}")
+    def fail(field: str, expected: str, value) -> SplitError:
+        return SplitError(f"{where}: split_strategy.block_cv.{field} must be {expected}, got {value!r}")
 
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: split_strategy.block_cv must be an object")
+        raise SplitError(f"{where}: split_strategy.block_cv must be an object")
     for key in (*GRID_KEYS, "buffer_km"):
         value = record.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -14,6 +14,7 @@ import numpy as np
 
 from deepearth_jax.data.split import map_draw as draw
 from deepearth_jax.data.split.reasons import Kind, of_kind, parse_all
+from deepearth_jax.errors import SplitError
 
 
 def _columns(payload: dict) -> dict[str, np.ndarray]:
@@ -281,7 +282,7 @@ def plot_split(payload: dict, path: str | Path, title: str | None = None) -> Pat
         payload = payload.raw
     cols = _columns(payload)
     if len(cols["lat"]) == 0:
-        raise ValueError("the split has no observations to draw")
+        raise SplitError("the split has no observations to draw")
     folds = "fold" in cols and payload["split_strategy"].get("block_cv")
     stats = payload.get("split_statistics", {})
     fig = plt.figure(figsize=(17, 9.5), dpi=110)

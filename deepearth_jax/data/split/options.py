@@ -7,6 +7,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from deepearth_jax.errors import SplitError
+
 MAX_FOLDS = 62  # fold buffers are kept as bits of an int64
 MAX_REGIONS = 1000  # test (or validation) regions; region search and statistics grow with the count
 MIN_KM, MAX_KM = 0.001, 10_000.0  # a metre .. a quarter of the Earth's circumference
@@ -78,7 +80,7 @@ class SplitOptions:
         if self.region_share is not None:
             share = _number("--region-share", self.region_share)
             if not 0 < share <= 1:
-                raise ValueError(f"--region-share must be a share of the pool in (0, 1], got {share!r}")
+                raise SplitError(f"--region-share must be a share of the pool in (0, 1], got {share!r}")
         _integer("--validation-years", self.validation_years, 0, 100)
         if self.validation_regions is not None:
             _integer("--validation-regions", self.validation_regions, 0, MAX_REGIONS)
@@ -88,19 +90,19 @@ class SplitOptions:
 
 def _number(flag: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{flag} must be a finite number, got {value!r}")
+        raise SplitError(f"{flag} must be a finite number, got {value!r}")
     return float(value)
 
 
 def _km(flag: str, value, low: float) -> None:
     km = _number(flag, value)
     if not low <= km <= MAX_KM:
-        raise ValueError(f"{flag} must be in {low:g}..{MAX_KM:g} km, got {km:g}")
+        raise SplitError(f"{flag} must be in {low:g}..{MAX_KM:g} km, got {km:g}")
 
 
 def _integer(flag: str, value, low: int, high: int, also: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f"{flag} must be {also}an integer in {low}..{high}, got {value!r}")
+        raise SplitError(f"{flag} must be {also}an integer in {low}..{high}, got {value!r}")
 
 
 DEFAULTS = SplitOptions()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepearth_jax.data.split.file_format import describe_ids
+from deepearth_jax.errors import SplitError
 
 
 @dataclass
@@ -32,7 +33,7 @@ def pool_of(store, all_observations: bool) -> Pool:
     columns = store.observations.column_names
     absent = [c for c in ("latitude", "longitude", "year") if c not in columns]
     if absent:
-        raise ValueError(
+        raise SplitError(
             f"store {store.path} has no {', '.join(absent)} column(s): a split needs coordinates and dates"
         )
     if all_observations:
@@ -40,12 +41,12 @@ def pool_of(store, all_observations: bool) -> Pool:
     else:
         rows = np.flatnonzero(store.column("vision_row") >= 0).astype(np.int64)
         if len(rows) == 0:
-            raise ValueError(
+            raise SplitError(
                 f"store {store.path} has no observation with a vision embedding; "
                 "pass --all-observations to split every observation"
             )
     if len(rows) == 0:
-        raise ValueError(f"store {store.path} has no observations")
+        raise SplitError(f"store {store.path} has no observations")
     lat = np.asarray(store.column("latitude"), np.float64)[rows]
     lon = np.asarray(store.column("longitude"), np.float64)[rows]
     year = np.asarray(store.column("year"), np.float64)[rows]
@@ -53,13 +54,13 @@ def pool_of(store, all_observations: bool) -> Pool:
     for name, values in (("latitude", lat), ("longitude", lon), ("year", year)):
         bad = ~np.isfinite(values)
         if bad.any():
-            raise ValueError(
+            raise SplitError(
                 f"store {store.path}: {int(bad.sum())} of {len(rows)} observations have no {name} "
                 f"(e.g. {describe_ids(ids[bad].tolist(), 3)}): a split needs coordinates and dates for all"
             )
     bad = (np.abs(lat) > 90) | (np.abs(lon) > 180)
     if bad.any():
-        raise ValueError(
+        raise SplitError(
             f"store {store.path}: {int(bad.sum())} observations have coordinates outside the globe "
             f"(e.g. {describe_ids(ids[bad].tolist(), 3)})"
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepearth_jax.errors import SplitError
+
 
 class Kind(enum.Enum):
     """What put an observation where it is. The value is the spelling pattern (`{n}`: region or fold)."""
@@ -59,7 +61,7 @@ class Reason:
     def __post_init__(self) -> None:
         numbered = "{n}" in self.kind.value
         if numbered != (self.number is not None):
-            raise ValueError(f"reason {self.kind.name} {'needs' if numbered else 'takes no'} number")
+            raise SplitError(f"reason {self.kind.name} {'needs' if numbered else 'takes no'} number")
 
     def __str__(self) -> str:
         return self.kind.value.replace("{n}", str(self.number))
@@ -76,7 +78,7 @@ class Reason:
             match = pattern.match(text)
             if match:
                 return cls(kind, int(match.group(1)) if match.groups() else None)
-        raise ValueError(f"unknown split reason {text!r}")
+        raise SplitError(f"unknown split reason {text!r}")
 
 
 TEMPORAL_TRAIN = Reason(Kind.TEMPORAL_TRAIN)

@@ -11,6 +11,7 @@ import numpy as np
 from deepearth_jax.data import geo
 from deepearth_jax.data.split.pool import Pool
 from deepearth_jax.data.split.reasons import TEMPORAL_TEST, TEMPORAL_TRAIN, Kind, Reason, of_kind
+from deepearth_jax.errors import SplitError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class _ShareBand:
     hard: bool
 
 
-class RegionsDoNotFit(ValueError):
+class RegionsDoNotFit(SplitError):
     """choose_regions could not place every region; `most` is how many one draw placed."""
 
     def __init__(self, most: int, message: str):
@@ -199,7 +200,7 @@ def choose_regions(
         f"{spacing}, each {share_text}" if band.hard else f"{spacing} among the {n} candidate observations"
     )
     if len(eligible) == 0:
-        raise ValueError(
+        raise SplitError(
             f"cannot place {constraints}: no observation's box holds such a share; change --region-share"
         )
     preferred = band.in_band[eligible]
@@ -292,7 +293,7 @@ def count_observations(regions: list[dict], reason: np.ndarray, kind: Kind, what
     for region in regions:
         region["observation_count"] = int(of_kind(reason, kind, int(region["region_id"])).sum())
         if fresh and region["observation_count"] == 0:
-            raise ValueError(
+            raise SplitError(
                 f"{what} region {region['region_id']} holds no observation (later regions' boxes cover it); "
                 "use a larger --min-distance-km"
             )

@@ -32,6 +32,7 @@ from deepearth_jax.data.split.options import DEFAULTS, SplitOptions
 from deepearth_jax.data.split.pool import Pool, subset
 from deepearth_jax.data.split.reasons import VALIDATION_TEMPORAL, Kind, Reason
 from deepearth_jax.data.split.regions import RegionsDoNotFit, choose_regions, count_observations, near_boxes
+from deepearth_jax.errors import SplitError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _validation_years(train_years: np.ndarray, count: int) -> list[int]:
     if count == 0:
         return []
     if len(years) <= count:
-        raise ValueError(
+        raise SplitError(
             f"--validation-years {count} would hold out every training year ({', '.join(map(str, years))}) "
             "and leave no training observations; pass a smaller --validation-years (0: none)"
         )
@@ -63,7 +64,7 @@ def _choose(pool: Pool, train: np.ndarray, test_regions: list[dict], options: Sp
         candidates = candidates[distance >= options.min_distance_km]
     explicit = options.validation_regions is not None
     if wanted and len(candidates) == 0 and explicit:
-        raise ValueError(
+        raise SplitError(
             f"cannot place {wanted} validation regions: no training observation lies >= "
             f"{options.min_distance_km:g} km from the test regions; pass --validation-regions 0 or a smaller "
             "--min-distance-km"
@@ -163,7 +164,7 @@ def _pool_from_file(split: Split, store) -> Pool:
         if all(isinstance(e.get(name), int | float) and not isinstance(e.get(name), bool) for e in entries):
             return np.asarray([e[name] for e in entries], np.float64)
         if store is None:
-            raise ValueError(
+            raise SplitError(
                 f"split file {split.path or '(in memory)'} lacks {name} for some observations; pass the store"
             )
         return np.asarray(store.column(store_name), np.float64)[split._store_rows(store, False)]
@@ -171,7 +172,7 @@ def _pool_from_file(split: Split, store) -> Pool:
     lat, lon, year = column("latitude", "latitude"), column("longitude", "longitude"), column("year", "year")
     bad = ~(np.isfinite(lat) & np.isfinite(lon) & np.isfinite(year))
     if bad.any():
-        raise ValueError(
+        raise SplitError(
             f"split file {split.path or '(in memory)'}: {int(bad.sum())} observations have no finite "
             "latitude/longitude/year; cannot carve a validation set"
         )
@@ -205,7 +206,7 @@ def options_of_file(split: Split, seed: int | None = None) -> SplitOptions:
     try:
         options.check()
     except ValueError as e:
-        raise ValueError(f"split file {split.path or '(in memory)'}: split_strategy: {e}") from None
+        raise SplitError(f"split file {split.path or '(in memory)'}: split_strategy: {e}") from None
     return options
 
 
