@@ -169,10 +169,11 @@ def test_earth4d_grid_subset_is_the_same_grid_of_the_full_encoder():
     full, part = e4d.build_layouts(TINY), e4d.build_layouts(subset)
     table = rng.uniform(-1, 1, (e4d.table_entries(full), TINY.features)).astype(np.float32)
     coords = jnp.asarray(rng.uniform(0, 1, (64, 5)), jnp.float32)
-    want = np.asarray(e4d.encode(jnp.asarray(table), coords, full)).reshape(64, 5, -1)[:, [0, 4]]
+    encode = jax.jit(e4d.encode, static_argnums=2)  # layouts are hashable constants
+    want = np.asarray(encode(jnp.asarray(table), coords, full)).reshape(64, 5, -1)[:, [0, 4]]
     # The subset's table is the full table's rows of those two grids, in order.
     rows = [np.arange(g.offset[0], g.offset[-1] + g.size[-1]) for g in (full[0], full[4])]
-    got = np.asarray(e4d.encode(jnp.asarray(table[np.concatenate(rows)]), coords, part))
+    got = np.asarray(encode(jnp.asarray(table[np.concatenate(rows)]), coords, part))
     np.testing.assert_allclose(got.reshape(64, 2, -1), want, rtol=1e-6, atol=1e-7)
     assert e4d.Earth4D(subset, rngs=nnx.Rngs(0)).output_dim == 2 * TINY.levels * TINY.features
     with pytest.raises(ValueError, match=r"unknown Earth4D grids \['xyz'\]; known: \['xy', 'xyt'"):
@@ -190,13 +191,17 @@ def test_site_memory_adds_a_linear_readout_of_its_fine_encoding():
     kwargs = dict(normalizer=NORMALIZER, encoder=TINY, hidden=32, blocks=1, rngs=nnx.Rngs(0))
     model = GeoPrior(7, memory=MEMORY, memory_dropout=0.5, **kwargs)
     model.eval()
-    coords = model.coords(batch)
-    smooth = np.asarray(model.head(model.trunk(coords)), np.float64)
-    features = np.asarray(model.memory.encoder(coords), np.float64)
+
+    @nnx.jit  # eager Earth4D dispatches hundreds of ops
+    def parts(m, b):
+        coords = m.coords(b)
+        return m.head(m.trunk(coords)), m.memory.encoder(coords), m(b)
+
+    smooth, features, full = (np.asarray(a, np.float64) for a in parts(model, batch))
     kernel = np.asarray(model.memory.readout.kernel[...], np.float64)
     assert features.shape == (16, MEMORY.levels * MEMORY.features) and kernel.shape == (8, 7)
     assert model.memory.readout.bias is None  # no bias: an untrained cell adds nothing
-    np.testing.assert_allclose(np.asarray(model(batch)), smooth + features @ kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full, smooth + features @ kernel, rtol=1e-5, atol=1e-6)
     # Without a memory the model is the plain prior (same parameters otherwise).
     plain = GeoPrior(7, **{**kwargs, "rngs": nnx.Rngs(0)})
     assert not hasattr(plain, "memory") or plain.memory is None
