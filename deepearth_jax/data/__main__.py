@@ -17,7 +17,10 @@ SUBCOMMANDS = {
         "deepearth_jax.data.cli_store",
         "write a synthetic dataset (HF or dashboard layout, or a store)",
     ),
-    "convert": ("deepearth_jax.data.convert.cli", "convert an HF or dashboard dataset into a store"),
+    "convert": (
+        "deepearth_jax.data.convert.cli",
+        "convert an HF or dashboard dataset, or an occurrence table (GBIF / Darwin Core), into a store",
+    ),
     "verify": ("deepearth_jax.data.cli_store", "re-read a store and check checksums, shapes and values"),
     "info": ("deepearth_jax.data.cli_store", "print a store's counts, shapes, bytes and species"),
     "split": ("deepearth_jax.data.split.cli", "make a spatiotemporal train/test split (or block CV folds)"),

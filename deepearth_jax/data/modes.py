@@ -11,7 +11,8 @@
 | vision_geo    | vision_pooled, location, time | vision embeddings              |
 
 `location` and `time` are float32 columns of the observation table, read for every batch; the geo modes keep
-only rows with a finite latitude, longitude and date (`usable_rows`).
+only rows with a finite latitude, longitude and date (`usable_rows`). An observation-only store (a converted
+occurrence table: no embeddings) serves `geo` alone; `check_store` refuses every other mode on it in one line.
 """
 
 from __future__ import annotations
@@ -65,10 +66,29 @@ def needs_language(mode: str) -> bool:
     return "language" in input_keys(mode)
 
 
+class MissingEmbeddingsError(store_lib.StoreError, ValueError):
+    """The store lacks an embedding array the mode reads (one line naming the mode, the store and the fix)."""
+
+
 def check_store(store: store_lib.Store, mode: str) -> None:
-    """Raises ValueError when `store` lacks an embedding array `mode` reads."""
+    """Raises MissingEmbeddingsError (one line) when `store` lacks an embedding array `mode` reads."""
     check_mode(mode)
-    if needs_vision(mode) and not store.has_vision:
-        raise ValueError(f"mode {mode!r} needs vision embeddings but store {store.path} has none")
-    if needs_language(mode) and store.language is None:
-        raise ValueError(f"mode {mode!r} needs language embeddings but store {store.path} has none")
+    missing = [
+        what
+        for what, needed, present in (
+            ("vision", needs_vision(mode), store.has_vision),
+            ("language", needs_language(mode), store.language is not None),
+        )
+        if needed and not present
+    ]
+    if not missing:
+        return
+    if store.observation_only:
+        raise MissingEmbeddingsError(
+            f"mode {mode!r} needs {' and '.join(missing)} embeddings, but store {store.path} has none (an "
+            f"observation-only store: place, date and species); train it with --config.mode=geo "
+            "(configs/geo_prior.py)"
+        )
+    raise MissingEmbeddingsError(
+        f"mode {mode!r} needs {' and '.join(missing)} embeddings but store {store.path} has none"
+    )

@@ -1,6 +1,9 @@
 """The published layouts -> a store: `python -m deepearth_jax.data convert SOURCE --out STORE`.
 
 SOURCE is recognised as
+  * an occurrence table (a file: GBIF simple download / Darwin Core text, Parquet, a Darwin Core Archive zip;
+    or a directory with meta.xml): an observation-only store of place, date and species, no embeddings
+    (`occurrences` states its rules; the rest of this docstring is about the embedding layouts); or
   * the Hugging Face layout (DATA.md §1): `observations.parquet`, `vision_index.parquet`,
     `vision_embeddings/embeddings_{file_idx:06d}.parquet` (flat or nested float16/float32 lists); or
   * the dashboard layout (DATA.md §2): the same `observations.parquet` beside `embeddings.mmap` (raw float32
@@ -43,12 +46,15 @@ Decisions:
 
 Modules: `observations` (steps 1-2), `vision` (what both layouts share in step 3), `hf` and `dashboard` (each
 layout's plan and copy), `run` (the conversion end to end, resume), `cli` (the command line), `errors` (bad
-rows), `columns` (arrow columns as numpy).
+rows), `columns` (arrow columns as numpy); `occurrence_read` (occurrence tables read by pyarrow and
+python-dwca-reader), `occurrence_dates` (eventDate and year/month/day), `occurrences` (rows validated, the
+observation-only store written).
 """
 
 from deepearth_jax.data.convert.cli import add_convert_arguments, run_convert
 from deepearth_jax.data.convert.columns import flatten_list_column
 from deepearth_jax.data.convert.errors import BAD_KINDS, ConvertError, summarize_bad
+from deepearth_jax.data.convert.occurrences import convert_occurrences
 from deepearth_jax.data.convert.run import DASHBOARD, HF, convert, detect_layout
 from deepearth_jax.data.sources import parse_original_shape, resolve_vision_shape
 
@@ -59,6 +65,7 @@ __all__ = [
     "ConvertError",
     "add_convert_arguments",
     "convert",
+    "convert_occurrences",
     "detect_layout",
     "flatten_list_column",
     "parse_original_shape",

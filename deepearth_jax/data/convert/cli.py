@@ -14,7 +14,12 @@ from deepearth_jax.io import format_bytes
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "source", type=Path, help="HF dataset directory, or the dashboard's directory (see DATA.md)"
+        "source",
+        type=Path,
+        help="HF dataset directory, or the dashboard's directory (see DATA.md); or an occurrence table: a "
+        "GBIF simple download or Darwin Core table (.tsv/.csv/.txt, tab or comma detected), a Parquet file, "
+        "or a Darwin Core Archive (.zip, or a directory with meta.xml), which gives a store with place, "
+        "date and species and no embeddings (for the geo modes)",
     )
     p.add_argument(
         "--out",
@@ -26,7 +31,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("float16", "float32"),
         default="float16",
-        help="vision dtype in the store (default float16, half the bytes; rows that overflow it are bad)",
+        help="vision dtype in the store (default float16, half the bytes; rows that overflow it are bad); "
+        "an occurrence table has no vision, so it does not apply there",
     )
     p.add_argument(
         "--vision-shape",
@@ -50,12 +56,20 @@ def run_convert(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     counts = store.manifest["counts"]
     skipped = len(store.manifest.get("skipped", []))
+    skipped_text = f"; {skipped} bad row(s) skipped (manifest.json 'skipped')" if skipped else ""
+    if store.observation_only:
+        print(
+            f"converted {args.source} -> {args.out}: {counts['observations']} observations, "
+            f"{counts['species']} species, no embeddings (an observation-only store: train it with "
+            f"configs/geo_prior.py) in {seconds:.1f} s{skipped_text}",
+            file=sys.stderr,
+        )
+        return 0
     vision_bytes = 0 if store.vision is None else store.vision.nbytes
     print(
         f"converted {args.source} -> {args.out}: {counts['observations']} observations "
         f"({counts['observations_with_vision']} with vision), {counts['species']} species, "
-        f"{format_bytes(vision_bytes)} of vision in {seconds:.1f} s"
-        + (f"; {skipped} bad row(s) skipped (manifest.json 'skipped')" if skipped else ""),
+        f"{format_bytes(vision_bytes)} of vision in {seconds:.1f} s{skipped_text}",
         file=sys.stderr,
     )
     return 0

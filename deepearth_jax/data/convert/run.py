@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 from deepearth_jax.data.convert import dashboard, hf
 from deepearth_jax.data.convert.errors import ConvertError, summarize_bad
 from deepearth_jax.data.convert.observations import Observations, read_observations
+from deepearth_jax.data.convert.occurrence_read import is_occurrence_source
+from deepearth_jax.data.convert.occurrences import convert_occurrences
 from deepearth_jax.data.convert.vision import Meter, VisionPlan, VisionSink
 from deepearth_jax.data.sources import (
     DASHBOARD_INDEX_FILE,
@@ -40,7 +42,10 @@ def detect_layout(source: Path) -> str:
         if (source / name).is_symlink() and not (source / name).exists():
             raise StoreError(f"source {source}: {name} is a broken symlink or a symlink loop")
     if not (source / HF_OBSERVATIONS_FILE).is_file():
-        raise StoreError(f"source {source} has no {HF_OBSERVATIONS_FILE}")
+        raise StoreError(
+            f"source {source} has no {HF_OBSERVATIONS_FILE} (for an occurrence table, give the file itself, "
+            "or a Darwin Core Archive directory with meta.xml)"
+        )
     if (source / DASHBOARD_MMAP_FILE).is_file():
         if not (source / DASHBOARD_INDEX_FILE).is_file():
             raise StoreError(f"source {source} has embeddings.mmap but no embeddings_index.db")
@@ -64,8 +69,12 @@ def convert(
 ) -> Store:
     """Converts an HF or dashboard dataset at `source` into a store at `out`; returns it opened.
 
+    An occurrence table (a file, or a Darwin Core Archive directory with meta.xml) becomes an
+    observation-only store instead (`occurrences.convert_occurrences`; dtype does not apply).
+
     Args:
-      source: the dataset directory (layout recognised by its files, see the package docstring).
+      source: the dataset directory (layout recognised by its files, see the package docstring), or an
+        occurrence table.
       out: the store directory: new, empty, or an incomplete conversion of the same source to resume.
       dtype: vision dtype in the store, "float16" (default; values beyond +-65504 are bad rows) or "float32".
       vision_shape: `(T, H, W, D)`; default from the HF files' original_shape, or (8, 24, 24, 1408).
@@ -77,6 +86,16 @@ def convert(
       StoreError: an unreadable or unrecognised source, or an `out` that cannot be written or resumed.
     """
     source, out = Path(source), Path(out)
+    if not source.exists() and not source.is_symlink():
+        raise StoreError(f"source {source} does not exist")
+    if is_occurrence_source(source):
+        if vision_shape is not None:
+            raise StoreError(f"{source} is an occurrence table: it has no vision embeddings to shape")
+        _check_out(out)
+        existing = _existing_conversion(out)
+        if existing is not None and existing.get("provenance", {}).get("source_layout") != "occurrences":
+            raise StoreError(f"{out} holds an incomplete conversion of another source; delete it")
+        return convert_occurrences(source, out, skip_bad=skip_bad, resume=existing is not None)
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     if vision_shape is not None and (len(vision_shape) != 4 or min(vision_shape) < 1):
