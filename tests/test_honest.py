@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import test_seed
 
+from deepearth_jax import baselines as baselines_lib
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import inputs, metrics
@@ -144,7 +145,7 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_scored_only_for_it_
             low, high = entry[f"test/{key}_ci"]
             assert low <= entry[f"test/{key}"] <= high
         groups = {k.split("/")[1] for k in entry if k.startswith("test/") and k.count("/") == 2}
-        baselines = {"baseline_frequency", "baseline_knn"}  # reported beside the model (intervals too)
+        baselines = set(baselines_lib.NAMES)  # reported beside the model (intervals too)
         assert groups - {"unseen_species", "seen_species", "top1_ci", "top5_ci"} - baselines
         for group in groups - {"unseen_species"} - baselines:
             if f"test/{group}/top1" in entry:
