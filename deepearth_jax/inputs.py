@@ -93,8 +93,11 @@ class Data:
     split_path: str
 
 
-def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Path]:
-    """`(store, split file)` as configured; the demo store, and a default split in `workdir`, otherwise."""
+def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[store_lib.Store, Path]:
+    """`(opened store, split file)` as configured; the demo store and a default split in `workdir` otherwise.
+
+    A store that lacks the embeddings `config.mode` reads is refused here, in one line, before any split is
+    made or read (and so before anything compiles)."""
     if config.store:
         store_path = Path(config.store)
         split_path = Path(config.split_file) if config.split_file else None
@@ -105,12 +108,14 @@ def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Pat
             "(for real data: --config.store=STORE --config.split_file=SPLIT.json)",
             store_path,
         )
+    store = store_lib.open_store(store_path)
+    modes.check_store(store, config.mode)
     if split_path is None:
         split_path = workdir / "split.json"
         if not split_path.exists():
             log.info("no split_file configured: writing the default spatiotemporal split to %s", split_path)
             if jax.process_index() == 0:
-                split_lib.write_split(split_lib.make_split(store_lib.open_store(store_path)), split_path)
+                split_lib.write_split(split_lib.make_split(store), split_path)
         if jax.process_count() > 1:  # the others read it only once process 0 has written it
             from jax.experimental import multihost_utils
 
@@ -119,7 +124,7 @@ def _locate(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Path, Pat
         raise TrainError(f"split file {split_path} does not exist")
     # Every process logs what it read: with several hosts they must agree (tests/test_parallel.py).
     log.info("split: %s (sha256 %s)", split_path, file_sha256(split_path))
-    return store_path, Path(split_path)
+    return store, Path(split_path)
 
 
 def _input_dims(store: store_lib.Store) -> dict:
@@ -135,8 +140,8 @@ def _input_dims(store: store_lib.Store) -> dict:
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
     """Opens the store and split, selects usable rows, builds the label map; fails early on bad input."""
     modes.check_mode(config.mode)
-    store_path, split_path = _locate(config, Path(workdir))
-    store = store_lib.open_store(store_path)
+    store, split_path = _locate(config, Path(workdir))
+    store_path = store.path
     # Old split files (v1, cached demo splits) get the validation set make_split would have written.
     split = split_lib.with_validation(split_lib.load_split(split_path), store)
     fold = None if config.fold < 0 else int(config.fold)
@@ -144,7 +149,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> Data:
         name: split.rows(store, name, fold=fold, allow_missing=config.allow_missing)
         for name in ("train", "validation", "test")
     }
-    modes.check_store(store, config.mode)
     dropped = sum(len(r) for r in subsets.values())
     subsets = {name: pipeline.usable_rows(store, r, config.mode) for name, r in subsets.items()}
     dropped -= sum(len(r) for r in subsets.values())

@@ -11,6 +11,7 @@ import numpy as np
 from deepearth_jax.data import sources, synthetic, synthetic_layouts
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.store_check import store_info, verify_store
+from deepearth_jax.errors import CliError
 from deepearth_jax.io import format_bytes, progress_bar
 
 
@@ -34,9 +35,17 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-fraction", type=float, default=0.9, help="share of observations with vision")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="vision dtype (store)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
+    p.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="write an observation-only store (--layout store): the same places, dates and species (ranges "
+        "and seasons), no vision or language embeddings; for the geo modes and scale benchmarks",
+    )
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.no_embeddings and args.layout != "store":
+        raise CliError(f"--no-embeddings writes a store; it cannot be combined with --layout {args.layout}")
     config = synthetic.SyntheticConfig(
         observations=args.observations,
         species=args.species,
@@ -46,6 +55,15 @@ def run_synth(args: argparse.Namespace) -> int:
         vision_fraction=args.vision_fraction,
     )
     dataset = synthetic.SyntheticDataset(config)
+    if args.no_embeddings:
+        print(
+            f"synth: observation-only store, {config.observations} observations, {config.species} species "
+            f"-> {args.out}",
+            file=sys.stderr,
+        )
+        synthetic.write_store(dataset, args.out, embeddings=False)
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
     itemsize = 2 if args.layout == "store" and args.dtype == "float16" else 4
     row_bytes = int(np.prod(config.vision_shape)) * itemsize
     n_vision = int(dataset.has_vision.sum())
@@ -86,10 +104,12 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"error: store {args.store} failed verification ({len(problems)} problem(s))", file=sys.stderr)
         return 1
     store = store_lib.open_store(args.store)
-    print(
-        f"OK {args.store}: {store.num_observations} observations, {store.num_species} species, "
-        f"{format_bytes(total)} of embeddings checked"
+    checked = (
+        "no embeddings (an observation-only store)"
+        if store.observation_only
+        else f"{format_bytes(total)} of embeddings checked"
     )
+    print(f"OK {args.store}: {store.num_observations} observations, {store.num_species} species, {checked}")
     return 0
 
 

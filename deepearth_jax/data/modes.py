@@ -65,10 +65,29 @@ def needs_language(mode: str) -> bool:
     return "language" in input_keys(mode)
 
 
+class MissingEmbeddingsError(store_lib.StoreError, ValueError):
+    """The store lacks an embedding array the mode reads (one line naming the mode, the store and the fix)."""
+
+
 def check_store(store: store_lib.Store, mode: str) -> None:
-    """Raises ValueError when `store` lacks an embedding array `mode` reads."""
+    """Raises MissingEmbeddingsError (one line) when `store` lacks an embedding array `mode` reads."""
     check_mode(mode)
-    if needs_vision(mode) and not store.has_vision:
-        raise ValueError(f"mode {mode!r} needs vision embeddings but store {store.path} has none")
-    if needs_language(mode) and store.language is None:
-        raise ValueError(f"mode {mode!r} needs language embeddings but store {store.path} has none")
+    missing = [
+        what
+        for what, needed, present in (
+            ("vision", needs_vision(mode), store.has_vision),
+            ("language", needs_language(mode), store.language is not None),
+        )
+        if needed and not present
+    ]
+    if not missing:
+        return
+    if store.observation_only:
+        raise MissingEmbeddingsError(
+            f"mode {mode!r} needs {' and '.join(missing)} embeddings, but store {store.path} has none (an "
+            f"observation-only store: place, date and species); train it with --config.mode=geo "
+            "(configs/geo_prior.py)"
+        )
+    raise MissingEmbeddingsError(
+        f"mode {mode!r} needs {' and '.join(missing)} embeddings but store {store.path} has none"
+    )

@@ -9,6 +9,12 @@ Layout of a store directory:
     language.npy           (N_language, L) float32, one row per distinct language vector
     features/              derived caches (pooled vision features), recorded in the manifest
 
+An *observation-only* store (an occurrence table: place, date and species, no embeddings) has neither array:
+its manifest says `"observation_only": true` with `"arrays": {}`, and every `vision_row` and `language_row`
+is -1. The geo modes train on it; a mode that reads embeddings refuses it in one line (`data.modes`).
+The observation table may carry, after OBSERVATION_SCHEMA's columns, the optional columns of
+OPTIONAL_OBSERVATION_FIELDS (kept from occurrence tables when the source has them).
+
 A store is complete only once `manifest.json` says `"complete": true`; the writer sets it last, with an
 atomic rename, so an interrupted conversion never looks like a finished one. Nothing is ever unpickled.
 
@@ -86,6 +92,19 @@ OBSERVATION_SCHEMA = pa.schema(
         ("image_url", pa.string()),  # nullable
     ]
 )
+
+# Optional observation columns, in this order after OBSERVATION_SCHEMA's when present (nullable).
+OPTIONAL_OBSERVATION_FIELDS = (
+    pa.field("coordinate_uncertainty_m", pa.float64()),  # Darwin Core coordinateUncertaintyInMeters
+    pa.field("basis_of_record", pa.string()),  # Darwin Core basisOfRecord (HUMAN_OBSERVATION, ...)
+)
+
+
+def observation_schema(names: Iterable[str] = ()) -> pa.Schema:
+    """OBSERVATION_SCHEMA, then the optional fields among `names` (in OPTIONAL_OBSERVATION_FIELDS order)."""
+    names = set(names)
+    return pa.schema([*OBSERVATION_SCHEMA, *(f for f in OPTIONAL_OBSERVATION_FIELDS if f.name in names)])
+
 
 SPECIES_SCHEMA = pa.schema(
     [
@@ -208,9 +227,22 @@ def check_manifest(manifest: dict, manifest_path: Path) -> None:
     for key in _COUNTS:
         if not _is_count(counts.get(key)):
             raise _field_error(manifest_path, f"counts.{key}", "a count (an integer >= 0)", counts.get(key))
+    observation_only = manifest.get("observation_only", False)
+    if not isinstance(observation_only, bool):
+        raise _field_error(manifest_path, "observation_only", "true or false", observation_only)
     arrays = manifest.get("arrays")
-    if not isinstance(arrays, dict) or "language" not in arrays:
-        raise _field_error(manifest_path, "arrays", "an object with a language entry", arrays)
+    if observation_only:
+        if arrays != {}:
+            raise _field_error(manifest_path, "arrays", "{} in an observation-only store", arrays)
+        for key in ("vision_rows", "language_rows", "observations_with_vision"):
+            if counts[key] != 0:
+                raise _field_error(
+                    manifest_path, f"counts.{key}", "0 in an observation-only store", counts[key]
+                )
+    elif not isinstance(arrays, dict) or "language" not in arrays:
+        raise _field_error(
+            manifest_path, "arrays", "an object with a language entry (or observation_only: true)", arrays
+        )
     for name, info in arrays.items():
         _check_array_entry(manifest_path, name, info)
     files = manifest.get("files")
@@ -289,7 +321,8 @@ class Store:
       observations: one row per observation, OBSERVATION_SCHEMA.
       species: one row per species, SPECIES_SCHEMA, ordered by species_index.
       vision: `(N_vision, T, H, W, D)` memmap, or None when the store has no vision embeddings.
-      language: `(N_language, L)` float32 memmap, or None when the store has no language embeddings.
+      language: `(N_language, L)` float32 memmap, or None when the store has no language embeddings
+        (an observation-only store has neither).
     """
 
     path: Path
@@ -321,6 +354,11 @@ class Store:
     @property
     def has_vision(self) -> bool:
         return self.vision is not None and self.vision.shape[0] > 0
+
+    @property
+    def observation_only(self) -> bool:
+        """Whether the store holds no embeddings at all (place, date and species only)."""
+        return self.vision is None and self.language is None
 
     def column(self, name: str) -> np.ndarray:
         """One observation column as numpy (cached); nullable numbers come back as float64 with NaN."""
@@ -369,7 +407,10 @@ def _read_table(root: Path, name: str, schema: pa.Schema) -> pa.Table:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise StoreError(f"store {root}: cannot read {name}: {e}") from None
-    if table.schema.remove_metadata() != schema:
+    got = table.schema.remove_metadata()
+    if name == OBSERVATIONS_FILE:  # the required columns, then any optional ones in their order
+        schema = observation_schema(got.names)
+    if got != schema:
         raise StoreError(f"store {root}: {name} does not have the store's columns and types")
     return table
 
@@ -378,9 +419,11 @@ def reference_problem(store: Store) -> str:
     """The first table row that points outside the arrays or the species table ("" when none): a cheap
     pass over three integer columns, so that a reader never indexes past an array."""
     n_vision = 0 if store.vision is None else store.vision.shape[0]
+    # Without language.npy every language_row is -1 (nothing to point at); with it, every row has one.
+    language_low, n_language = (-1, 0) if store.language is None else (0, store.language.shape[0])
     for column, low, high, what in (
         ("vision_row", -1, n_vision, VISION_FILE),
-        ("language_row", 0, store.language.shape[0], LANGUAGE_FILE),
+        ("language_row", language_low, n_language, LANGUAGE_FILE),
         ("species_index", 0, store.num_species, SPECIES_FILE),
     ):
         values = store.column(column)
@@ -411,7 +454,7 @@ def open_store(path: str | os.PathLike) -> Store:
     for what, got, expected in (
         (OBSERVATIONS_FILE, observations.num_rows, counts["observations"]),
         (SPECIES_FILE, species.num_rows, counts["species"]),
-        (LANGUAGE_FILE, arrays["language"].shape[0], counts["language_rows"]),
+        (LANGUAGE_FILE, arrays["language"].shape[0] if "language" in arrays else 0, counts["language_rows"]),
         (VISION_FILE, arrays["vision"].shape[0] if "vision" in arrays else 0, counts["vision_rows"]),
     ):
         if got != expected:

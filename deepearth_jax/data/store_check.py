@@ -16,6 +16,7 @@ import numpy as np
 
 from deepearth_jax.data.store import (
     CHECKSUM_CHUNK_BYTES,
+    OBSERVATION_SCHEMA,
     Store,
     StoreError,
     npy_header_bytes,
@@ -196,17 +197,24 @@ def store_info(store: Store, top_species: int = 10) -> str:
         f"counts     {store.num_observations} observations, {store.num_species} species, "
         f"years {int(years.min()) if len(years) else '-'}..{int(years.max()) if len(years) else '-'}"
     )
+    if store.observation_only:
+        lines.append("embeddings none: an observation-only store (place, date, species); geo modes only")
+    optional = [c for c in store.observations.column_names if c not in OBSERVATION_SCHEMA.names]
+    if optional:
+        lines.append(f"columns    also {', '.join(optional)}")
     total = 0
-    for name, array in (("vision", store.vision), ("language", store.language)):
+    arrays = () if store.observation_only else (("vision", store.vision), ("language", store.language))
+    for name, array in arrays:
         if array is None:
             lines.append(f"{name:<10} none")
             continue
         nbytes = int(array.nbytes)
         total += nbytes
         lines.append(f"{name:<10} {array.shape} {array.dtype}  {format_bytes(nbytes)}")
-    lines.append(f"bytes      {format_bytes(total)} of embeddings")
-    n_vision = int((store.column("vision_row") >= 0).sum())
-    lines.append(f"with vision {n_vision} of {store.num_observations} observations")
+    if not store.observation_only:
+        lines.append(f"bytes      {format_bytes(total)} of embeddings")
+        n_vision = int((store.column("vision_row") >= 0).sum())
+        lines.append(f"with vision {n_vision} of {store.num_observations} observations")
     skipped = m.get("skipped", [])
     if skipped:
         lines.append(f"skipped    {len(skipped)} source row(s) at conversion (see manifest.json 'skipped')")

@@ -22,11 +22,13 @@ from deepearth_jax.data.store import (
     MANIFEST_FILE,
     OBSERVATION_SCHEMA,
     OBSERVATIONS_FILE,
+    OPTIONAL_OBSERVATION_FIELDS,
     SPECIES_FILE,
     SPECIES_SCHEMA,
     VISION_FILE,
     StoreError,
     npy_header_bytes,
+    observation_schema,
     read_manifest,
     utc_now,
 )
@@ -69,7 +71,8 @@ class StoreWriter:
       num_vision_rows: rows of vision.npy (0 for a store without vision).
       vision_shape: `(T, H, W, D)` of one vision embedding.
       vision_dtype: float16 or float32.
-      num_language_rows, language_dim: shape of language.npy.
+      num_language_rows, language_dim: shape of language.npy; `language_dim=None` (with `vision_shape=None`)
+        writes an observation-only store: no arrays at all, only the tables (place, date, species).
       provenance: what the store was made from (recorded in the manifest).
     """
 
@@ -82,7 +85,7 @@ class StoreWriter:
         vision_shape: Sequence[int] | None,
         vision_dtype: str = "float16",
         num_language_rows: int,
-        language_dim: int,
+        language_dim: int | None,
         provenance: dict,
         resume: bool = False,
     ):
@@ -92,9 +95,13 @@ class StoreWriter:
         self.provenance = dict(provenance)
         shapes = {
             "vision": ((int(num_vision_rows), *map(int, vision_shape or ())), vision_dtype, VISION_FILE),
-            "language": ((int(num_language_rows), int(language_dim)), "float32", LANGUAGE_FILE),
+            "language": ((int(num_language_rows), int(language_dim or 0)), "float32", LANGUAGE_FILE),
         }
-        if vision_shape is None:
+        if language_dim is None:
+            if vision_shape is not None or num_language_rows:
+                raise StoreError("a store without language embeddings holds no vision embeddings either")
+            shapes = {}
+        elif vision_shape is None:
             shapes.pop("vision")
         existing = None
         if (self.path / MANIFEST_FILE).exists():
@@ -140,9 +147,9 @@ class StoreWriter:
         return self.arrays.get("vision")
 
     @property
-    def language(self) -> np.memmap:
-        """The writable `(N_language, L)` float32 memmap."""
-        return self.arrays["language"]
+    def language(self) -> np.memmap | None:
+        """The writable `(N_language, L)` float32 memmap (None in an observation-only store)."""
+        return self.arrays.get("language")
 
     @property
     def progress(self) -> dict:
@@ -221,9 +228,11 @@ class StoreWriter:
         """Writes the tables, checksums everything and marks the store complete; returns the manifest.
 
         `known_chunks` maps an array name to the chunk digests its writer computed while writing (see
-        `array_checksums`); those chunks are not read again.
+        `array_checksums`); those chunks are not read again. The optional columns of
+        OPTIONAL_OBSERVATION_FIELDS in `observations` are kept; other extra columns are dropped.
         """
-        observations = observations.select(OBSERVATION_SCHEMA.names).cast(OBSERVATION_SCHEMA)
+        schema = observation_schema(observations.column_names)
+        observations = observations.select(schema.names).cast(schema)
         species = species.select(SPECIES_SCHEMA.names).cast(SPECIES_SCHEMA)
         for array in self.arrays.values():
             array.flush()
@@ -253,7 +262,7 @@ class StoreWriter:
                 "observations": observations.num_rows,
                 "species": species.num_rows,
                 "vision_rows": arrays_meta.get("vision", {"shape": [0]})["shape"][0],
-                "language_rows": arrays_meta["language"]["shape"][0],
+                "language_rows": arrays_meta.get("language", {"shape": [0]})["shape"][0],
                 "observations_with_vision": int(
                     np.count_nonzero(observations.column("vision_row").to_numpy() >= 0)
                 ),
@@ -266,6 +275,8 @@ class StoreWriter:
             "skipped": list(skipped or []),
             "features": {},
         }
+        if not arrays_meta:
+            manifest["observation_only"] = True
         manifest.update(extra or {})
         write_json_atomic(self.path / MANIFEST_FILE, manifest)
         self.manifest = manifest
@@ -279,7 +290,8 @@ def species_table(
     species_index: np.ndarray,
     vision_rows: np.ndarray,
 ) -> pa.Table:
-    """Builds species.parquet from per-species ids/names/language rows and per-observation indices."""
+    """Builds species.parquet from per-species ids/names/language rows (-1: none) and per-observation
+    indices."""
     n = len(taxon_ids)
     counts = np.bincount(species_index, minlength=n)
     vision_counts = np.bincount(species_index[vision_rows >= 0], minlength=n)
@@ -311,13 +323,19 @@ def observation_table(
     vision_row: np.ndarray,
     source_split: Sequence[str | None],
     image_url: Sequence[str | None],
+    image_index: np.ndarray | int = 1,
+    has_language: bool = True,
+    optional: dict[str, pa.Array] | None = None,
 ) -> pa.Table:
-    """Builds observations.parquet's table (OBSERVATION_SCHEMA), one row per observation with image 1.
+    """Builds observations.parquet's table (OBSERVATION_SCHEMA), one row per observation.
 
     `clock` holds `hour`, `minute` and `second` as float arrays with NaN where unknown (stored as null), or
-    None for a column the source lacks (all null). The language row of an observation is its species index.
+    None for a column the source lacks (all null). The language row of an observation is its species index,
+    or -1 with `has_language=False` (an observation-only store). `image_index` (default 1) is the image of the
+    GBIF record each row is; `optional` adds columns of OPTIONAL_OBSERVATION_FIELDS by name.
     """
     n = len(gbif_id)
+    image_index = np.broadcast_to(np.asarray(image_index, np.int64), (n,))
 
     def nullable(values: np.ndarray | None) -> pa.Array:
         if values is None:
@@ -326,11 +344,13 @@ def observation_table(
         return pa.array(np.where(known, values, 0).astype(np.int32), pa.int32(), mask=~known)
 
     species_index = np.asarray(species_index, np.int32)
-    return pa.table(
+    table = pa.table(
         {
-            "observation_id": pa.array(ids_lib.make_observation_ids(gbif_id, 1).tolist(), pa.string()),
+            "observation_id": pa.array(
+                ids_lib.make_observation_ids(gbif_id, image_index).tolist(), pa.string()
+            ),
             "gbif_id": pa.array(np.asarray(gbif_id, np.int64)),
-            "image_index": pa.array(np.ones(n, np.int32)),
+            "image_index": pa.array(image_index.astype(np.int32)),
             "taxon_id": pa.array(list(taxon_id), pa.string()),
             "taxon_name": pa.array(list(taxon_name), pa.string()),
             "species_index": pa.array(species_index),
@@ -342,9 +362,17 @@ def observation_table(
             "day": pa.array(np.asarray(day).astype(np.int32)),
             **{name: nullable(clock.get(name)) for name in ("hour", "minute", "second")},
             "vision_row": pa.array(np.asarray(vision_row, np.int64)),
-            "language_row": pa.array(species_index.astype(np.int64)),
+            "language_row": pa.array(
+                species_index.astype(np.int64) if has_language else np.full(n, -1, np.int64)
+            ),
             "source_split": pa.array(list(source_split), pa.string()),
             "image_url": pa.array(list(image_url), pa.string()),
         },
         schema=OBSERVATION_SCHEMA,
     )
+    fields = {f.name: f for f in OPTIONAL_OBSERVATION_FIELDS}
+    for name, values in (optional or {}).items():
+        if name not in fields:
+            raise StoreError(f"{name!r} is not an optional observation column ({', '.join(fields)})")
+        table = table.append_column(fields[name], pa.array(values, fields[name].type))
+    return table.select(observation_schema(table.column_names).names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from deepearth_jax.data.split.reasons import Kind, of_kind
 from deepearth_jax.data.split.regions import assign_reasons, choose_regions, count_observations
 from deepearth_jax.data.split.stats import fold_statistics, statistics
 from deepearth_jax.data.split.validation import carve_validation
+
+log = logging.getLogger(__name__)
 
 
 def _taxon_id_value(value):
@@ -102,6 +105,31 @@ def _check_years(pool: Pool, years: list[int]) -> None:
         )
 
 
+def _default_test_years(pool: Pool, years: list[int], store) -> tuple[list[int], str | None]:
+    """The default test years (DEFAULTS.test_years, not asked for), or when the pool has none of them the
+    most recent year it has: `(years, the rule recorded in the file, or None when the default stands)`.
+
+    So that `split STORE` works as written on any store (an occurrence table of 2010-2024 has no 2025),
+    with the choice said on the console and written in split_strategy.temporal_split.test_years_rule.
+    """
+    present = set(np.unique(pool.year).tolist())
+    if any(y in present for y in years):
+        return years, None
+    latest = int(pool.year.max())
+    rule = (
+        f"the most recent year in the pool ({latest}): the default test year(s) "
+        f"{', '.join(map(str, years))} have no observations"
+    )
+    log.warning(
+        "store %s has no observation in the default test year(s) %s: holding out %d, its most recent year, "
+        "as the temporal test (pass --test-years to choose)",
+        store.path,
+        ", ".join(map(str, years)),
+        latest,
+    )
+    return [latest], rule
+
+
 def _check_training(split: np.ndarray, fold, bits, reason) -> None:
     """Refuses a split (or a fold) that leaves nothing to train on."""
     counts = {s: int((split == s).sum()) for s in ("train", "test", "excluded", "validation")}
@@ -127,6 +155,7 @@ def make_split(
     *,
     regions_from: str | Path | Split | None = None,
     allow_missing: bool = False,
+    test_years_given: bool = False,
     **changes,
 ) -> dict:
     """Makes a split of `store` and returns the JSON payload (the package docstring states the rules).
@@ -138,6 +167,12 @@ def make_split(
         validation set are applied again; every id both share must get the same reason (ValueError
         otherwise). A file without a validation set gets one carved as make_split carves it.
       allow_missing: with regions_from, drop ids of that file that this store's pool lacks instead of failing.
+      test_years_given: the test years were asked for (the CLI's --test-years). When they were not, are
+        the defaults, and the pool has none of them, the pool's most recent year is the temporal test
+        (logged, and recorded as `split_strategy.temporal_split.test_years_rule`).
+
+    A store without vision embeddings (an observation-only store) is split whole: its pool is every
+    observation.
     """
     options = (options or DEFAULTS).replace(**changes)
     other = reuse_cv = reuse_validation = regions = None
@@ -145,9 +180,14 @@ def make_split(
         other = regions_from if isinstance(regions_from, Split) else load_split(regions_from)
         options, regions, reuse_cv, reuse_validation = _from_other(other, options)
         selection = {"objective": f"regions reused from {other.path or 'another split file'}"}
+    if not store.has_vision and not options.all_observations:
+        options = options.replace(all_observations=True)  # no vision rows to pool: every observation
     options.check()
     years = sorted({int(y) for y in (options.test_years or ())})
     pool = pool_of(store, options.all_observations)
+    years_rule = None
+    if other is None and not test_years_given and tuple(years) == tuple(DEFAULTS.test_years):
+        years, years_rule = _default_test_years(pool, years, store)
     _check_years(pool, years)
     if other is None:
         regions, selection = choose_regions(
@@ -189,6 +229,8 @@ def make_split(
     if compared is not None:
         stats["regions_from"] = compared
     payload = _payload(store, pool, options, years, regions, selection, split, stats)
+    if years_rule is not None:
+        payload["split_strategy"]["temporal_split"]["test_years_rule"] = years_rule
     payload["split_strategy"]["validation"] = validation
     if cv_record is not None:
         payload["split_strategy"]["block_cv"] = cv_record

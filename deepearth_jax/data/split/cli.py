@@ -89,7 +89,8 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
         type=_years_arg,
         default=None,
         help="temporal test years, e.g. 2025 or 2024,2025 or none "
-        f"(default {','.join(map(str, d.test_years)) or 'none'})",
+        f"(default {','.join(map(str, d.test_years)) or 'none'}; when the store has no observation in it, "
+        "its most recent year, said on the console and recorded in the file)",
     )
     _add_region_arguments(p)
     p.add_argument(
@@ -161,7 +162,13 @@ def run_split(args: argparse.Namespace) -> int:
     options = DEFAULTS.replace(**{({**_FROM_FILE, **_OTHER})[flag]: value for flag, value in given.items()})
     options.check()  # before opening the store: a bad flag fails at once
     store = open_store(args.store)
-    payload = make_split(store, options, regions_from=args.regions_from, allow_missing=args.allow_missing)
+    payload = make_split(
+        store,
+        options,
+        regions_from=args.regions_from,
+        allow_missing=args.allow_missing,
+        test_years_given="--test-years" in given,
+    )
     write_split(payload, args.out)
     print(summary(payload))
     print(f"wrote {args.out} ({len(payload['observation_mappings'])} observations)")
