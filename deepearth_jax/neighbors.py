@@ -90,8 +90,10 @@ class NeighborIndex:
         fetch = min(k + 1, n)  # one more: a tie at the k-th distance shows as an equal (k+1)-th
         d, i = self.tree.query(query[valid], k=fetch, workers=-1)
         d, i = d.reshape(len(valid), fetch), i.reshape(len(valid), fetch).astype(np.int64)
-        order = np.lexsort((i, d), axis=1)  # equal distances in training order
-        d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        tied = np.flatnonzero(np.any(d[:, 1:] == d[:, :-1], axis=1))  # the tree orders ties arbitrarily
+        if len(tied):
+            order = np.lexsort((i[tied], d[tied]), axis=1)  # equal distances in training order
+            d[tied], i[tied] = np.take_along_axis(d[tied], order, 1), np.take_along_axis(i[tied], order, 1)
         keep = min(k, n)
         chord[valid, :keep], index[valid, :keep] = d[:, :keep], i[:, :keep]
         if fetch > k:
@@ -153,19 +155,35 @@ def gaussian(bandwidth_km: float) -> Weighting:
     return lambda km, rank: np.where(km <= KDE_CUTOFF * h, np.exp(-0.5 * (km / h) ** 2), 0.0)
 
 
+class LabelRanks:
+    """Ranks of given labels among one chunk's classes under many weightings: the per-chunk work (which
+    column holds the label, which classes precede it in frequency) done once."""
+
+    def __init__(self, index: NeighborIndex, classes: np.ndarray, labels: np.ndarray):
+        labels = np.asarray(labels, np.int64)
+        self.known = classes >= 0
+        is_label = self.known & (classes == labels[:, None])  # at most one column a row (classes distinct)
+        self.has_label = is_label.any(axis=1)
+        self.column = np.argmax(is_label, axis=1)
+        self.place_l = index.place[np.maximum(labels, 0)]
+        self.before = self.known & (index.place[np.maximum(classes, 0)] < self.place_l[:, None])
+        self.labels = labels
+
+    def __call__(self, sums: np.ndarray) -> np.ndarray:
+        """(q,) int64 rank of each label (0 = top-1; MISSED for -1) given the chunk's summed weights."""
+        present = self.known & (sums > 0)
+        mine = np.where(self.has_label, sums[np.arange(len(sums)), self.column], 0.0)[:, None]
+        ahead = present & ((sums > mine) | ((sums == mine) & self.before))
+        # A class scored 0 follows every scored class, then the unscored ones in frequency order.
+        unscored = present.sum(axis=1) + self.place_l - (present & self.before).sum(axis=1)
+        rank = np.where(mine[:, 0] > 0, ahead.sum(axis=1), unscored)
+        return np.where(self.labels >= 0, rank, MISSED)
+
+
 def label_ranks(index: NeighborIndex, classes, sums, labels: np.ndarray) -> np.ndarray:
     """(q,) int64 place of each `labels` class in its row's ranking (scores, then frequency): 0 = top-1;
     MISSED for label -1. `classes`, `sums` (q, k): a row's distinct classes and their summed weights."""
-    labels = np.asarray(labels, np.int64)
-    present = (classes >= 0) & (sums > 0)
-    mine = np.where(present & (classes == labels[:, None]), sums, 0.0).sum(axis=1)
-    place_c = index.place[np.maximum(classes, 0)]
-    place_l = index.place[np.maximum(labels, 0)][:, None]
-    ahead = present & ((sums > mine[:, None]) | ((sums == mine[:, None]) & (place_c < place_l)))
-    # A class scored 0 follows every scored class, then the unscored ones in frequency order.
-    unscored = present.sum(axis=1) + place_l[:, 0] - (present & (place_c < place_l)).sum(axis=1)
-    rank = np.where(mine > 0, ahead.sum(axis=1), unscored)
-    return np.where(labels >= 0, rank, MISSED)
+    return LabelRanks(index, classes, labels)(sums)
 
 
 def dense_scores(index: NeighborIndex, classes, sums) -> np.ndarray:
