@@ -79,8 +79,18 @@ def _min_pairwise_km(lat: np.ndarray, lon: np.ndarray) -> float:
     return float(d[~np.eye(len(lat), dtype=bool)].min())
 
 
-def _draw(cand_lat, cand_lon, order, num_regions, min_distance_km) -> list[int]:
-    """Keeps candidates in `order` >= min_distance_km from those kept; returns indices into candidates."""
+MIN_KM_PER_DEGREE_LAT = 110.0  # below the shortest meridian degree (110.57 km): a safe latitude band
+
+
+def _draw(cand_lat, cand_lon, order, num_regions, min_distance_km, by_lat=None) -> list[int]:
+    """Keeps candidates in `order` >= min_distance_km from those kept; returns indices into candidates.
+
+    Only candidates in the latitude band that min_distance_km can reach are measured (`by_lat`: the
+    candidates in latitude order, computed once per search), so a draw costs O(band), not O(N), per region.
+    """
+    by_lat = np.argsort(cand_lat, kind="stable") if by_lat is None else by_lat
+    sorted_lat = cand_lat[by_lat]
+    reach = min_distance_km / MIN_KM_PER_DEGREE_LAT
     blocked = np.zeros(len(cand_lat), bool)
     kept: list[int] = []
     position = 0
@@ -91,8 +101,11 @@ def _draw(cand_lat, cand_lon, order, num_regions, min_distance_km) -> list[int]:
         c = int(free[0])
         position = int(np.flatnonzero(order == c)[0]) + 1
         kept.append(c)
-        d = geo.geodesic_km(cand_lat, cand_lon, cand_lat[c], cand_lon[c])
-        blocked |= (d < min_distance_km) | (d <= 0.0)  # never two regions on one point
+        lo = np.searchsorted(sorted_lat, cand_lat[c] - reach, side="left")
+        hi = np.searchsorted(sorted_lat, cand_lat[c] + reach, side="right")
+        band = by_lat[lo:hi]  # beyond it every candidate is farther than min_distance_km
+        d = geo.geodesic_km(cand_lat[band], cand_lon[band], cand_lat[c], cand_lon[c])
+        blocked[band] |= (d < min_distance_km) | (d <= 0.0)  # never two regions on one point
     return kept
 
 
@@ -141,13 +154,14 @@ def _search(cand_lat, cand_lon, preferred, num_regions, min_distance_km, seed, s
     Returns `(best candidate indices or None, key (outside band, -spread), method, most placed)`.
     """
     rng = np.random.default_rng([seed, stream])
+    by_lat = np.argsort(cand_lat, kind="stable")
     best: list[int] | None = None
     best_key = (math.inf, math.inf)
     most = 0
     for _ in range(REGION_DRAWS):
         order = rng.permutation(len(cand_lat))
         order = np.concatenate([order[preferred[order]], order[~preferred[order]]])
-        kept = _draw(cand_lat, cand_lon, order, num_regions, min_distance_km)
+        kept = _draw(cand_lat, cand_lon, order, num_regions, min_distance_km, by_lat)
         most = max(most, len(kept))
         if len(kept) == num_regions:
             # Fewest regions outside the share band first, then the most spread out.
