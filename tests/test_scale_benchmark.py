@@ -9,6 +9,7 @@ from deepearth_jax import benchmark
 from deepearth_jax.benchmarks import scale
 
 
+@pytest.mark.slow  # eight child processes (two of them compile the geo prior): about a minute on 2 idle cores
 def test_scale_benchmark_times_every_stage_and_fits_exponents(tmp_path, capsys):
     out = tmp_path / "scale.json"
     config = f"{Path(__file__).resolve().parents[1]}/configs/geo_prior.py:tiny"
