@@ -19,6 +19,7 @@ BENCHMARKS = {
     "encoder": "Earth4D forward+backward, jit JAX vs the PyTorch implementation (us/call)",
     "quickstart": "python -m deepearth_jax.train end to end vs the original's PyTorch loop (wall s)",
     "field": "fit a synthetic f(x, y, t) with Earth4D + MLP vs random Fourier features (held-out PSNR)",
+    "scale": "synth, split, one geo_prior epoch and evaluate at growing N (wall s, peak RSS, exponents)",
 }
 
 
