@@ -21,6 +21,7 @@ BENCHMARKS = {
     "quickstart": "python -m deepearth_jax.train end to end vs the original's PyTorch loop (wall s)",
     "field": "fit a synthetic f(x, y, t) with Earth4D + MLP vs random Fourier features (held-out PSNR)",
     "preemption": "the loop's per-call stop question on two jax.distributed processes (us/call)",
+    "scale": "synth, split, one geo_prior epoch and evaluate at growing N (wall s, peak RSS, exponents)",
 }
 
 

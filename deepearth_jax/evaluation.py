@@ -169,9 +169,11 @@ class Evaluator:
             if self.intervals:
                 for k, values in self.task.example_scores(part).items():
                     result[f"{name}/{k}_ci"] = _interval(values)
-            if getattr(self.task, "BASELINES", False):  # the frequency and kNN baselines on the same rows
+            if getattr(self.task, "BASELINES", False):  # frequency, kNN, weighted kNN, KDE on the same rows
                 if self._baselines is None:
                     self._baselines = baselines.Baselines(self.data, self.rows)
+                if select is None:  # what validation chose (k, bandwidth), once beside the overall metrics
+                    result.update({f"{name}/{k}": v for k, v in self._baselines.choices().items()})
                 for base, hits in self._baselines.hits(part["row"], part["labels"]).items():
                     result.update({f"{name}/{base}/{k}": float(np.mean(v)) for k, v in hits.items()})
                     if self.intervals:
@@ -191,7 +193,16 @@ class Evaluator:
 
 
 # Second-level metrics worth a headline: the baselines, a fusion's branches, its gains and fitted exponent.
-HEADLINE_PARTS = ("baseline_frequency", "baseline_knn", "vision_only", "geo_only", "late_fusion", "gain")
+HEADLINE_PARTS = (
+    "baseline_frequency",
+    "baseline_knn",
+    "baseline_knn_weighted",
+    "baseline_kde",
+    "vision_only",
+    "geo_only",
+    "late_fusion",
+    "gain",
+)
 
 
 def headline(row: dict, group: str | None = None) -> str:

@@ -59,10 +59,25 @@ def balanced_accuracy(
     return float(np.mean(hits / support))
 
 
+EXACT_RESAMPLING_MAX = 20_000  # up to this many examples the draws are of example indices, as always
+FEW_VALUES = 64  # above it, a column of at most this many distinct values is resampled by their counts
+
+
 def _resample_means(columns: list[np.ndarray], resamples: int, seed: int, chunk: int = 1 << 22) -> list:
-    """Means of each column over the same `resamples` bootstrap draws of example indices (vectorised)."""
+    """Means of each column over the same `resamples` bootstrap draws of example indices (vectorised).
+
+    O(resamples * n) for index draws; a single column of few distinct values (0/1 hits, their
+    differences) with more than EXACT_RESAMPLING_MAX examples is resampled instead by drawing how many
+    times each distinct value is picked (multinomial with the values' frequencies: the same distribution
+    of the resampled mean as index draws, other random numbers), O(resamples * distinct values).
+    """
     n = len(columns[0])
     rng = np.random.default_rng(seed)
+    if len(columns) == 1 and n > EXACT_RESAMPLING_MAX:
+        values, counts = np.unique(columns[0], return_counts=True)
+        if len(values) <= FEW_VALUES:
+            picks = rng.multinomial(n, counts / n, size=resamples)  # (resamples, distinct)
+            return [picks @ values / n]
     means = [np.empty(resamples) for _ in columns]
     per_chunk = max(1, chunk // max(n, 1))
     for start in range(0, resamples, per_chunk):

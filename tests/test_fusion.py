@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import store_and_split, test_seed
 
+from deepearth_jax import baselines, evaluation
 from deepearth_jax import evaluate as evaluate_lib
-from deepearth_jax import evaluation
 from deepearth_jax import metrics as metrics_lib
 from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
@@ -98,7 +98,7 @@ def test_vision_geo_reports_branches_gains_and_an_exponent_fitted_on_validation(
     result = evaluate_lib.evaluate_workdir(tmp_path / "w")
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert result["test/top1"] == pytest.approx(summary["best"]["test/top1"])  # evaluate's default: the best
-    for base in ("baseline_frequency", "baseline_knn"):
+    for base in baselines.NAMES:
         assert result[f"test/{base}/top5"] == summary["final"][f"test/{base}/top5"]
     assert fitted_on == [
         int(summary["best"]["validation/count"])
@@ -114,7 +114,7 @@ def test_vision_geo_reports_branches_gains_and_an_exponent_fitted_on_validation(
     assert any(
         k.endswith("/gain/late_fusion_vs_vision/top1_ci") and k.count("/") == 4 for k in result
     )  # per reason
-    for base in ("baseline_frequency", "baseline_knn"):
+    for base in baselines.NAMES:
         low, high = result[f"test/{base}/top5_ci"]
         assert low <= result[f"test/{base}/top5"] <= high
 

@@ -84,3 +84,16 @@ def test_nearest_matches_brute_force():
     assert d[0] == 0.0 and i[0] == 10
     with pytest.raises(ValueError, match="at least one reference"):
         geo.nearest_km(q_lat, q_lon, [], [])
+
+
+def test_nearest_asks_for_more_candidates_when_many_are_equally_near():
+    rng = np.random.default_rng(test_seed())
+    # 60 references within a few decimetres of one spot and a query 100 m away: the 8 chord-nearest cannot
+    # rule the others out, so the search widens; the answer is still the brute-force one.
+    ref_lat = np.concatenate([28.5 + rng.normal(0, 2e-6, 60), rng.uniform(28, 29, 200)])
+    ref_lon = np.concatenate([-81.5 + rng.normal(0, 2e-6, 60), rng.uniform(-82, -81, 200)])
+    q_lat, q_lon = np.array([28.5009, 28.5]), np.array([-81.5, -81.5])
+    d, i = geo.nearest_km(q_lat, q_lon, ref_lat, ref_lon, candidates=2)
+    full = geo.geodesic_km(q_lat[:, None], q_lon[:, None], ref_lat[None, :], ref_lon[None, :])
+    np.testing.assert_allclose(d, full.min(axis=1), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(i, full.argmin(axis=1))

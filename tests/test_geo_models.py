@@ -7,13 +7,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import test_seed
 from flax import nnx
 
+from deepearth_jax.models import earth4d as e4d
 from deepearth_jax.models.earth4d import Earth4DConfig, Earth4DNormalizer
 from deepearth_jax.models.geo_prior import (
     GeoPrior,
+    RowDropout,
+    SiteMemory,
     assume_negative_full_loss,
     random_background_coords,
     softmax_cross_entropy,
@@ -156,3 +160,85 @@ def test_geo_prior_rejects_bad_sizes():
         GeoPrior(0, normalizer=NORMALIZER, encoder=TINY, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"unknown Earth4D config fields \['level'\]"):
         GeoPrior(3, normalizer=NORMALIZER, encoder={"level": 3}, rngs=nnx.Rngs(0))
+
+
+def test_earth4d_grid_subset_is_the_same_grid_of_the_full_encoder():
+    rng = np.random.default_rng(test_seed())
+    subset = dataclasses.replace(TINY, grids=("xy", "xy_doy"))
+    assert e4d.grid_names(subset) == ("xy", "xy_doy")
+    full, part = e4d.build_layouts(TINY), e4d.build_layouts(subset)
+    table = rng.uniform(-1, 1, (e4d.table_entries(full), TINY.features)).astype(np.float32)
+    coords = jnp.asarray(rng.uniform(0, 1, (64, 5)), jnp.float32)
+    encode = jax.jit(e4d.encode, static_argnums=2)  # layouts are hashable constants
+    want = np.asarray(encode(jnp.asarray(table), coords, full)).reshape(64, 5, -1)[:, [0, 4]]
+    # The subset's table is the full table's rows of those two grids, in order.
+    rows = [np.arange(g.offset[0], g.offset[-1] + g.size[-1]) for g in (full[0], full[4])]
+    got = np.asarray(encode(jnp.asarray(table[np.concatenate(rows)]), coords, part))
+    np.testing.assert_allclose(got.reshape(64, 2, -1), want, rtol=1e-6, atol=1e-7)
+    assert e4d.Earth4D(subset, rngs=nnx.Rngs(0)).output_dim == 2 * TINY.levels * TINY.features
+    with pytest.raises(ValueError, match=r"unknown Earth4D grids \['xyz'\]; known: \['xy', 'xyt'"):
+        Earth4DConfig(grids=("xyz",))
+
+
+MEMORY = Earth4DConfig(
+    levels=2, features=4, log2_table_size=10, spatial_resolution=(64.0, 256.0), grids=("xy",)
+)
+
+
+def test_site_memory_adds_a_linear_readout_of_its_fine_encoding():
+    rng = np.random.default_rng(test_seed())
+    batch = geo_batch(rng, 16)
+    kwargs = dict(normalizer=NORMALIZER, encoder=TINY, hidden=32, blocks=1, rngs=nnx.Rngs(0))
+    model = GeoPrior(7, memory=MEMORY, memory_dropout=0.5, **kwargs)
+    model.eval()
+
+    @nnx.jit  # eager Earth4D dispatches hundreds of ops
+    def parts(m, b):
+        coords = m.coords(b)
+        return m.head(m.trunk(coords)), m.memory.encoder(coords), m(b)
+
+    smooth, features, full = (np.asarray(a, np.float64) for a in parts(model, batch))
+    kernel = np.asarray(model.memory.readout.kernel[...], np.float64)
+    assert features.shape == (16, MEMORY.levels * MEMORY.features) and kernel.shape == (8, 7)
+    assert model.memory.readout.bias is None  # no bias: an untrained cell adds nothing
+    np.testing.assert_allclose(full, smooth + features @ kernel, rtol=1e-5, atol=1e-6)
+    # Without a memory the model is the plain prior (same parameters otherwise).
+    plain = GeoPrior(7, **{**kwargs, "rngs": nnx.Rngs(0)})
+    assert not hasattr(plain, "memory") or plain.memory is None
+    with pytest.raises(ValueError, match="row dropout needs 0 <= rate < 1"):
+        GeoPrior(7, memory=MEMORY, memory_dropout=1.0, **{**kwargs, "rngs": nnx.Rngs(0)})
+
+
+def test_row_dropout_zeroes_whole_rows_without_rescaling_in_training_only():
+    drop = RowDropout(0.25, rngs=nnx.Rngs(test_seed()))
+    x = jnp.ones((4000, 3), jnp.float32)
+    out = np.asarray(drop(x))
+    kept = out[:, 0] == 1.0
+    assert set(np.unique(out).tolist()) <= {0.0, 1.0}  # kept rows unscaled, dropped rows all zero
+    np.testing.assert_array_equal(out, np.repeat(kept[:, None], 3, 1).astype(np.float32))
+    assert abs(kept.mean() - 0.75) < 0.03  # binomial sd 0.007
+    drop.deterministic = True
+    np.testing.assert_array_equal(np.asarray(drop(x)), np.asarray(x))
+
+
+def test_site_memory_remembers_trained_places_and_stays_silent_elsewhere():
+    """Fit the memory alone to one species at one site: its logits there grow, while far away (cells no
+    training row touches) they stay at the initial scale (~1e-4 features x O(1) kernel)."""
+    memory = SiteMemory(MEMORY, 5, 0.0, rngs=nnx.Rngs(0))
+    site = jnp.asarray([[0.30, 0.30, 0.5, 0.5, 0.5]] * 8, jnp.float32)
+    far = jnp.asarray([[0.80, 0.75, 0.5, 0.5, 0.5]], jnp.float32)
+    labels = jnp.full((8,), 3, jnp.int32)
+    optimizer = nnx.Optimizer(memory, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(m, opt):
+        loss, grads = nnx.value_and_grad(lambda m: softmax_cross_entropy(m(site), labels))(m)
+        opt.update(m, grads)
+        return loss
+
+    for _ in range(100):
+        loss = step(memory, optimizer)
+    memory.eval()
+    at_site, elsewhere = np.asarray(memory(site[:1]))[0], np.asarray(memory(far))[0]
+    assert float(loss) < 0.1 and int(np.argmax(at_site)) == 3 and at_site[3] - np.delete(at_site, 3).max() > 2
+    assert np.abs(elsewhere).max() < 1e-2

@@ -9,8 +9,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from deepearth_jax import baselines, inputs, region
 from deepearth_jax import evaluate as evaluate_lib
-from deepearth_jax import inputs, region
 from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import pipeline
@@ -50,11 +50,17 @@ def test_geo_configs_train_evaluate_and_report(tiny_data, tmp_path, spec, capsys
     assert result["test/top1"] == pytest.approx(best["test/top1"])
     assert 0.0 <= result["test/top5"] <= 1.0
     final_summary = json.loads((tmp_path / "w" / "summary.json").read_text())["final"]
-    for base in ("baseline_frequency", "baseline_knn"):
+    for base in baselines.NAMES:
         for k in ("top1", "top5"):
             assert 0.0 <= final_summary[f"test/{base}/{k}"] <= 1.0
             assert result[f"test/{base}/{k}"] == final_summary[f"test/{base}/{k}"]
-    assert any(key.endswith("/baseline_knn/top5") and key.count("/") == 3 for key in result)  # per reason
+    for base in baselines.NAMES:  # per reason too, with intervals
+        assert any(key.endswith(f"/{base}/top5") and key.count("/") == 3 for key in result)
+        low, high = result[f"test/{base}/top5_ci"]
+        assert low <= result[f"test/{base}/top5"] <= high
+    # What validation chose, recorded beside the numbers.
+    assert result["test/baseline_knn_weighted/neighbors"] in baselines.KNN_GRID
+    assert result["test/baseline_kde/bandwidth_km"] in baselines.KDE_GRID_KM
     # A range map of the four most frequent species; an unknown --range-species is refused before anything
     # is evaluated or written.
     image = matplotlib.image.imread(tmp_path / "w" / "eval_test" / "range_map.png")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import test_seed
 
+from deepearth_jax import baselines as baselines_lib
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import inputs, metrics
@@ -144,7 +145,7 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_scored_only_for_it_
             low, high = entry[f"test/{key}_ci"]
             assert low <= entry[f"test/{key}"] <= high
         groups = {k.split("/")[1] for k in entry if k.startswith("test/") and k.count("/") == 2}
-        baselines = {"baseline_frequency", "baseline_knn"}  # reported beside the model (intervals too)
+        baselines = set(baselines_lib.NAMES)  # reported beside the model (intervals too)
         assert groups - {"unseen_species", "seen_species", "top1_ci", "top5_ci"} - baselines
         for group in groups - {"unseen_species"} - baselines:
             if f"test/{group}/top1" in entry:
@@ -181,3 +182,16 @@ def test_old_v1_split_gets_validation_rows_out_of_training_and_still_trains(tiny
     assert low <= metrics_["validation/top1"] <= high
     written = json.loads((tmp_path / "w" / "eval_validation" / "metrics.json").read_text())
     assert written["validation/top5_ci"] == metrics_["validation/top5_ci"]
+
+
+def test_bootstrap_of_many_hits_draws_value_counts_with_the_index_draws_distribution():
+    rng = np.random.default_rng(test_seed())
+    n = metrics.EXACT_RESAMPLING_MAX + 5000
+    hits = (rng.random(n) < 0.3).astype(float)
+    low, high = metrics.bootstrap_ci(hits, resamples=4000, seed=3)
+    ref_low, ref_high = _numpy_reference(hits, 400, 3)  # index draws (fewer: they cost n each)
+    p = hits.mean()
+    half = 1.959964 * np.sqrt(p * (1 - p) / n)
+    assert low < p < high and (high - low) == pytest.approx(2 * half, rel=0.05)
+    assert (low, high) == pytest.approx((ref_low, ref_high), abs=0.3 * half)  # 400 draws: noisy quantiles
+    assert metrics.bootstrap_ci(hits, resamples=4000, seed=3) == (low, high)

@@ -12,6 +12,7 @@ of longitude, and a point is inside when south <= lat <= north and west <= lon <
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 WGS84_A_KM = 6378.137  # semi-major axis
 WGS84_F = 1.0 / 298.257223563  # flattening
@@ -103,60 +104,18 @@ def ecef_km(lat, lon) -> np.ndarray:
     )
 
 
-def _spread_bits(v: np.ndarray) -> np.ndarray:
-    """Spreads the low 16 bits of v so that bit i moves to bit 2i (for Morton codes)."""
-    v = v.astype(np.uint64) & np.uint64(0xFFFF)
-    for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
-        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
-    return v
-
-
-def _morton_order(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """An order of the points along a Z-curve, so that consecutive points are close together."""
-
-    def quantize(x: np.ndarray) -> np.ndarray:
-        span = max(float(x.max() - x.min()), 1e-12)
-        return np.floor((x - x.min()) / span * 65535).astype(np.int64)
-
-    return np.argsort(
-        _spread_bits(quantize(lat)) | (_spread_bits(quantize(lon)) << np.uint64(1)), kind="stable"
-    )
-
-
-def _nearest_brute(q_ll, q_xyz, r_ll, r_xyz, r_sq) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest neighbours of a few queries among some references (see nearest_km)."""
-    chord_sq = (q_xyz**2).sum(axis=1)[:, None] + r_sq[None, :] - 2.0 * (q_xyz @ r_xyz.T)
-    np.maximum(chord_sq, 0.0, out=chord_sq)
-    best = chord_sq.argmin(axis=1)
-    bound = geodesic_km(q_ll[0], q_ll[1], r_ll[0][best], r_ll[1][best])
-    # Candidates: chord <= bound (+ a metre of slack for rounding).
-    cand_q, cand_r = np.nonzero(chord_sq <= ((bound + 1e-3) ** 2)[:, None])
-    d = geodesic_km(q_ll[0][cand_q], q_ll[1][cand_q], r_ll[0][cand_r], r_ll[1][cand_r])
-    best_d = bound.copy()
-    best_i = best.astype(np.int64)
-    order = np.lexsort((d, cand_q))  # per query, smallest distance first
-    first = np.ones(len(order), bool)
-    first[1:] = cand_q[order][1:] != cand_q[order][:-1]
-    sel = order[first]
-    better = d[sel] < best_d[cand_q[sel]]
-    best_d[cand_q[sel][better]] = d[sel][better]
-    best_i[cand_q[sel][better]] = cand_r[sel][better]
-    return best_d, best_i
-
-
 def nearest_km(
-    query_lat, query_lon, ref_lat, ref_lon, *, chunk: int = 64, start_km: float = 2.0
+    query_lat, query_lon, ref_lat, ref_lon, *, chunk: int = 65536, candidates: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query point, the geodesic distance (km) to its nearest reference point and that point's index.
 
-    Exact (up to `geodesic_km`'s accuracy). Queries go in chunks of nearby points (a Z-curve order); each
-    chunk searches the reference points inside its bounding box (Earth-centred coordinates) grown by a
-    margin m,
-    starting at `start_km` and doubling for the queries whose nearest point found lies further than m (only
-    then could a closer one lie outside). Within that set, the straight-line (chord) distance never exceeds
-    the geodesic one, so the chord nearest neighbour's geodesic distance bounds the search, and every point
-    whose chord distance is within that bound is measured geodesically. Returns `(distance (Q,) float64,
-    index (Q,) int64)`; raises ValueError when there are no reference points.
+    Exact (up to `geodesic_km`'s accuracy), in O((Q + R) log R): a cKDTree over the references' Earth-centred
+    coordinates gives each query its `candidates` nearest by straight-line (chord) distance, which never
+    exceeds the geodesic one; the nearest of them geodesically is the answer unless the farthest candidate's
+    chord is within that distance, and then (rarely) the query is asked again with 4x the candidates. Of
+    equally near points, the first in reference order among those measured.
+    Queries go in chunks of `chunk` rows (bounded memory). Returns `(distance (Q,) float64, index (Q,)
+    int64)`; raises ValueError when there are no reference points.
     """
     query_lat = np.asarray(query_lat, np.float64).ravel()
     query_lon = np.asarray(query_lon, np.float64).ravel()
@@ -164,47 +123,29 @@ def nearest_km(
     ref_lon = np.asarray(ref_lon, np.float64).ravel()
     if len(ref_lat) == 0:
         raise ValueError("nearest neighbour search needs at least one reference point")
-    q_xyz = ecef_km(query_lat, query_lon)
-    r_xyz = ecef_km(ref_lat, ref_lon)
-    # Centre the coordinates so that |a|^2 + |b|^2 - 2 a.b does not cancel catastrophically.
-    centre = r_xyz.mean(axis=0)
-    q_xyz -= centre
-    r_xyz -= centre
+    tree = cKDTree(ecef_km(ref_lat, ref_lon))
     distance = np.full(len(query_lat), np.inf)
     index = np.full(len(query_lat), -1, np.int64)
-    if len(query_lat) == 0:
-        return distance, index
-    order = _morton_order(query_lat, query_lon)
-    by_x = np.argsort(r_xyz[:, 0], kind="stable")  # references sorted on x: a box is a slice, then a filter
-    sorted_x = r_xyz[by_x, 0]
-    margin_hint = float(start_km)
-    for start in range(0, len(order), chunk):
-        pending = order[start : start + chunk]
-        # Neighbouring chunks along the Z-curve have similar distances: start from the last one's.
-        margin = max(float(start_km), margin_hint)
-        found = []
-        while len(pending):
-            q = q_xyz[pending]
-            lo, hi = q.min(axis=0) - margin, q.max(axis=0) + margin
-            a, b = np.searchsorted(sorted_x, lo[0], "left"), np.searchsorted(sorted_x, hi[0], "right")
-            near_x = by_x[a:b]
-            inside = near_x[((r_xyz[near_x, 1:] >= lo[1:]) & (r_xyz[near_x, 1:] <= hi[1:])).all(axis=1)]
-            everything = len(inside) == len(ref_lat)
-            if len(inside):
-                r = r_xyz[inside]
-                d, i = _nearest_brute(
-                    (query_lat[pending], query_lon[pending]),
-                    q,
-                    (ref_lat[inside], ref_lon[inside]),
-                    r,
-                    (r**2).sum(axis=1),
-                )
-                # Found within the margin: no point outside the box can be closer.
-                done = np.ones(len(pending), bool) if everything else d <= margin
-                distance[pending[done]] = d[done]
-                index[pending[done]] = inside[i[done]]
-                found.append(d[done])
-                pending = pending[~done]
-            margin *= 2.0
-        margin_hint = float(np.concatenate(found).max()) if found else margin_hint
+    for start in range(0, len(query_lat), chunk):
+        rows = np.arange(start, min(start + chunk, len(query_lat)))
+        k = min(int(candidates), len(ref_lat))
+        while len(rows):
+            d, i, sure = _nearest_among(tree, query_lat[rows], query_lon[rows], ref_lat, ref_lon, k)
+            distance[rows[sure]], index[rows[sure]] = d[sure], i[sure]
+            rows, k = rows[~sure], min(4 * k, len(ref_lat))
     return distance, index
+
+
+def _nearest_among(tree, lat, lon, ref_lat, ref_lon, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The geodesically nearest of each query's k chord-nearest references: `(km, index, sure)`; `sure`
+    where no other reference can be closer (see nearest_km)."""
+    chord, near = tree.query(ecef_km(lat, lon), k=k, workers=-1)
+    chord, near = chord.reshape(len(lat), k), near.reshape(len(lat), k).astype(np.int64)
+    d = geodesic_km(lat[:, None], lon[:, None], ref_lat[near], ref_lon[near])
+    first = np.lexsort((near, d), axis=1)[:, :1]  # the nearest, equal distances by reference order
+    best_d, best_i = np.take_along_axis(d, first, 1)[:, 0], np.take_along_axis(near, first, 1)[:, 0]
+    # A reference not among the k is farther by chord than the k-th, so it cannot be closer geodesically
+    # when that chord exceeds the best geodesic distance (+ a metre of rounding slack); nothing is closer
+    # than 0. Otherwise the caller asks again with more candidates.
+    sure = (k == len(ref_lat)) | (chord[:, -1] > best_d + 1e-3) | (best_d == 0.0)
+    return best_d, best_i, sure

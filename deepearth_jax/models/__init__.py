@@ -9,7 +9,10 @@
 | mae                 | language + vision(_pooled) | dict (see mae.py) | hidden, dropout, shared_dim,        |
 |                     | (+ location, time)         |                   | mask_ratio, space_time, encoder     |
 | geo_prior           | location, time             | logits (B, C)     | hidden (one width), blocks, dropout,|
-|                     |                            |                   | encoder (Earth4DConfig fields)      |
+|                     |                            |                   | encoder (Earth4DConfig fields),     |
+|                     |                            |                   | memory (Earth4DConfig fields, or    |
+|                     |                            |                   | absent), site_memory (True),        |
+|                     |                            |                   | memory_dropout                      |
 | vision_geo          | vision_pooled, location,   | logits (B, C)     | hidden, geo_blocks, head, dropout,  |
 |                     | time                       |                   | encoder                             |
 
@@ -120,6 +123,14 @@ def _encoder(m: Any) -> dict | None:
     return encoder.to_dict() if hasattr(encoder, "to_dict") else dict(encoder)
 
 
+def _memory(m: Any) -> dict | None:
+    """The site memory's Earth4D sizes (`model.memory`), or None when absent or `model.site_memory` is off."""
+    memory = m.get("memory", None)
+    if memory is None or not bool(m.get("site_memory", True)):
+        return None
+    return memory.to_dict() if hasattr(memory, "to_dict") else dict(memory)
+
+
 def _width(m: Any, default: int) -> int:
     hidden = m.get("hidden", default)
     return int(hidden[0]) if isinstance(hidden, (list, tuple)) else int(hidden)
@@ -133,6 +144,8 @@ def _geo_prior(m: Any, dims: Mapping[str, Any], num_classes: int, rngs: nnx.Rngs
         hidden=_width(m, 256),
         blocks=int(m.get("blocks", 2)),
         dropout=float(m.get("dropout", 0.0)),
+        memory=_memory(m),
+        memory_dropout=float(m.get("memory_dropout", 0.0)),
         rngs=rngs,
     )
 

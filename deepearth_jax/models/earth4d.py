@@ -64,6 +64,7 @@ class Earth4DConfig:
     doy_resolution: tuple[float, float] = (4.0, 128.0)
     use_elevation: bool = False
     interpolation: str = "linear"
+    grids: tuple[str, ...] = ()  # a subset of `grid_names` (e.g. ("xy",) for space alone); () = all five
 
     def __post_init__(self):
         if self.levels < 1 or self.features < 1:
@@ -74,6 +75,10 @@ class Earth4DConfig:
             raise ModelConfigError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
+        known = [n if self.use_elevation else n.replace("z", "") for n in GRID_AXES]
+        unknown = sorted(set(self.grids) - set(known))
+        if unknown:
+            raise ModelConfigError(f"unknown Earth4D grids {unknown}; known: {known}")
         for name in ("spatial", "elevation", "time", "doy"):
             low, high = getattr(self, f"{name}_resolution")
             if not 1.0 < low <= high:
@@ -133,10 +138,14 @@ def _axis_levels(low: float, high: float, levels: int, periodic: bool) -> tuple[
     return scale, np.ceil(scale).astype(np.int64) + 1
 
 
-def grid_names(config: Earth4DConfig) -> tuple[str, ...]:
-    """The grids' names: xyz, xyt, yzt, xzt, xy_doy (z dropped from each name without elevation)."""
+def grid_names(config: Earth4DConfig, selected: bool = True) -> tuple[str, ...]:
+    """The grids' names: xyz, xyt, yzt, xzt, xy_doy (z dropped from each name without elevation), in that
+    order; with `selected`, only those of `config.grids` when it names some."""
     names = tuple(GRID_AXES)
-    return names if config.use_elevation else tuple(n.replace("z", "") for n in names)
+    names = names if config.use_elevation else tuple(n.replace("z", "") for n in names)
+    if selected and config.grids:
+        return tuple(n for n in names if n in config.grids)
+    return names
 
 
 def build_layouts(config: Earth4DConfig) -> tuple[GridLayout, ...]:
@@ -150,7 +159,9 @@ def build_layouts(config: Earth4DConfig) -> tuple[GridLayout, ...]:
     }
     table_size = 1 << config.log2_table_size
     layouts, offset = [], 0
-    for name, axes in zip(grid_names(config), GRID_AXES.values(), strict=True):
+    for name, axes in zip(grid_names(config, selected=False), GRID_AXES.values(), strict=True):
+        if config.grids and name not in config.grids:
+            continue
         axes = axes if config.use_elevation else tuple(a for a in axes if a != Z)
         periodic = tuple(a == DOY for a in axes)
         per_axis = [_axis_levels(*ranges[a], config.levels, p) for a, p in zip(axes, periodic, strict=True)]
@@ -289,8 +300,8 @@ def table_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax
 class Earth4D(nnx.Module):
     """The encoder: coords `(B, 5)` float32 in [0, 1] (x, y, z, t, doy) -> features `(B, output_dim)` float32.
 
-    `output_dim` = 5 grids * `config.levels` * `config.features`. The table is one `nnx.Param`
-    `(entries, features)` float32.
+    `output_dim` = grids (5, or those of `config.grids`) * `config.levels` * `config.features`. The table is
+    one `nnx.Param` `(entries, features)` float32.
     """
 
     def __init__(self, config: Earth4DConfig | Mapping[str, Any] | None = None, *, rngs: nnx.Rngs):

@@ -4,7 +4,9 @@
 when unknown) and `batch["time"]` (B, 6) float32 (year, month, day, hour, minute, second) and returns logits
 (B, C) float32. `GeoPrior.logits_at(coords)` takes Earth4D coordinates (B, 5) in [0, 1] directly (background
 points, range maps). The trunk follows SINR (Cole et al. 2023): Linear -> ReLU, then residual blocks
-x + ReLU(W2 dropout(ReLU(W1 x))), then a linear head.
+x + ReLU(W2 dropout(ReLU(W1 x))), then a linear head. With `memory` (Earth4D sizes of a fine encoder), a
+`SiteMemory` adds its logits: a linear read-out, without bias, of that fine encoding (a learned lookup of the
+places seen in training, ~0 where none was).
 
 Two losses, pure functions of logits:
 - `softmax_cross_entropy`: the observed species against all others at each observation;
@@ -15,6 +17,7 @@ Two losses, pure functions of logits:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +27,7 @@ from flax import nnx
 
 from deepearth_jax.models.config_error import ModelConfigError
 
-from .classifiers import torch_linear
+from .classifiers import torch_linear, torch_uniform
 from .earth4d import Earth4D, Earth4DConfig, Earth4DNormalizer, Z
 
 
@@ -63,6 +66,46 @@ class GeoTrunk(nnx.Module):
         return x
 
 
+class RowDropout(nnx.Module):
+    """In training, zeroes whole rows of `(B, ...)` with probability `rate` (no rescaling: the kept rows
+    carry their full value, as every row does in eval mode). Identity in eval mode."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        if not 0.0 <= rate < 1.0:
+            raise ModelConfigError(f"row dropout needs 0 <= rate < 1, got {rate}")
+        self.rate = rate
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = ~jax.random.bernoulli(self.rngs(), self.rate, (x.shape[0],))
+        return jnp.where(keep.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0)
+
+
+class SiteMemory(nnx.Module):
+    """Species logits `(B, C)` read linearly (no bias) from a fine Earth4D encoding: a learned lookup of the
+    places seen in training, added to the smooth prior's logits.
+
+    Observers revisit the same spots, so a species seen at a site is likely there again; a smooth prior cannot
+    say so at ~100 m. Cells never trained hold their initial ~1e-4 features, so at new places the memory adds
+    ~0 and the smooth prior speaks alone. `dropout` zeroes the memory on that share of training rows, so the
+    smooth prior also learns to predict without it (what held-out places need).
+    """
+
+    def __init__(self, encoder: Earth4DConfig | Mapping[str, Any], num_classes: int, dropout: float, *, rngs):
+        self.encoder = Earth4D(encoder, rngs=rngs)
+        width = self.encoder.output_dim
+        self.readout = nnx.Linear(
+            width, num_classes, use_bias=False, kernel_init=torch_uniform(1.0 / math.sqrt(width)), rngs=rngs
+        )
+        self.dropout = RowDropout(dropout, rngs=rngs)
+
+    def __call__(self, coords: jax.Array) -> jax.Array:
+        return self.dropout(self.readout(self.encoder(coords)))
+
+
 def as_normalizer(normalizer: Earth4DNormalizer | Mapping[str, float]) -> Earth4DNormalizer:
     """An `Earth4DNormalizer` from itself or its `to_dict()` form (as a config or a JSON file holds it)."""
     if isinstance(normalizer, Earth4DNormalizer):
@@ -74,7 +117,8 @@ class GeoPrior(nnx.Module):
     """Species logits (B, C) from `batch["location"]` (B, 3) and `batch["time"]` (B, 6), float32.
 
     normalizer: the region box (`Earth4DNormalizer.fit` on the training rows, or its dict); encoder: the
-    Earth4D sizes; hidden, blocks, dropout: the residual MLP.
+    Earth4D sizes; hidden, blocks, dropout: the residual MLP; memory: the site memory's Earth4D sizes (None:
+    no memory), memory_dropout: the share of training rows on which the memory is silenced.
     """
 
     def __init__(
@@ -86,6 +130,8 @@ class GeoPrior(nnx.Module):
         hidden: int = 256,
         blocks: int = 2,
         dropout: float = 0.0,
+        memory: Earth4DConfig | Mapping[str, Any] | None = None,
+        memory_dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if num_classes < 1 or hidden < 1 or blocks < 0:
@@ -96,6 +142,7 @@ class GeoPrior(nnx.Module):
         self.normalizer = as_normalizer(normalizer)
         self.trunk = GeoTrunk(encoder, hidden, blocks, dropout, rngs=rngs)
         self.head = torch_linear(hidden, num_classes, rngs=rngs)
+        self.memory = None if memory is None else SiteMemory(memory, num_classes, memory_dropout, rngs=rngs)
 
     def coords(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Earth4D coordinates (B, 5) of the batch's place and date."""
@@ -103,7 +150,8 @@ class GeoPrior(nnx.Module):
 
     def logits_at(self, coords: jax.Array) -> jax.Array:
         """Logits (B, C) at Earth4D coordinates (B, 5) in [0, 1]."""
-        return self.head(self.trunk(coords))
+        logits = self.head(self.trunk(coords))
+        return logits if self.memory is None else logits + self.memory(coords)
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         return self.logits_at(self.coords(batch))
