@@ -61,15 +61,19 @@ class Evaluator:
         mesh,
         subset: str = "validation",
         intervals: bool = False,
+        fitted: dict | None = None,
     ):
         """`subset`: validation (selection during training), test (reports) or train; `intervals` adds
-        95% bootstrap intervals (`<name>_ci: [lo, hi]`) beside each of the task's `example_scores`."""
+        95% bootstrap intervals (`<name>_ci: [lo, hi]`) beside each of the task's `example_scores`;
+        `fitted`: what the task's `fit` would learn on validation, given (a refit model, whose validation
+        rows are training rows, keeps the selected model's) instead of fitted here."""
         if subset not in SUBSETS:
             raise ValueError(f"unknown subset {subset!r}; known: {', '.join(SUBSETS)}")
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
         self.batch_size = eval_batch_size(config)
         parallel.check_global_batch(self.batch_size, mesh)
         self.intervals = intervals
+        self.fitted = fitted
         self.task = tasks.from_config(config)
         self.rows = getattr(data, f"{subset}_rows")
         fold = None if config.fold < 0 else int(config.fold)
@@ -101,7 +105,9 @@ class Evaluator:
         # itself is reported without it (its rows would score their own fit).
         if hasattr(self.task, "fit") and self.subset != "validation":
             prior = self._log_prior()
-            fitted = self.task.fit(self._validation_outputs(state), prior)
+            fitted = self.fitted
+            if fitted is None:
+                fitted = self.task.fit(self._validation_outputs(state), prior)
             merged = self.task.apply_fit(merged, fitted, prior)
         metrics = self.reduce(merged)
         metrics.update({f"{self.subset}/{k}": v for k, v in fitted.items()})
