@@ -303,7 +303,8 @@ def _finish(
         "split": data.split_path,
         "steps": int(step),
         "total_steps": int(total_steps),
-        "complete": step >= total_steps,
+        # a refit stopped by SIGTERM leaves the run incomplete (exit 143): the rerun finishes it
+        "complete": step >= total_steps and (tested.get("refit") or {}).get("complete", True),
         "final": final,
         "best": best,
         "wall_time_s": round(time.time() - start_time, 2),
