@@ -194,7 +194,16 @@ class Evaluator:
 
 
 # Second-level metrics worth a headline: the baselines, a fusion's branches, its gains and fitted exponent.
-HEADLINE_PARTS = ("baseline_frequency", "baseline_knn", "vision_only", "geo_only", "late_fusion", "gain")
+HEADLINE_PARTS = (
+    "baseline_frequency",
+    "baseline_knn",
+    "vision_only",
+    "geo_only",
+    "late_fusion",
+    "learned",
+    "fusion",
+    "gain",
+)
 
 
 def headline(row: dict, group: str | None = None) -> str:
@@ -217,7 +226,11 @@ def headline(row: dict, group: str | None = None) -> str:
         rest = names[1:]
         if not (
             len(rest) == 1
-            or (len(rest) == 2 and rest[0] in HEADLINE_PARTS and rest[1] in ("top1", "top5", "exponent"))
+            or (
+                len(rest) == 2
+                and rest[0] in HEADLINE_PARTS
+                and rest[1] in ("top1", "top5", "exponent", "vision_weight", "late_rule")
+            )
             or (len(rest) == 3 and rest[0] == "gain" and rest[2] == "top1")
         ):
             continue
