@@ -28,6 +28,9 @@ def get_config(arg: str | None = None):
     c.optimizer.lr = 1e-3
     c.batch_size = 32
     c.num_epochs = 30
+    # The best validation top-1 of the learned head, vision alone or place and date alone (tasks/fusion.py):
+    # with uninformative images the learned head memorises them and its own top-1 would select badly.
+    c.best_metric = "validation/selection/top1"
     if arg.tiny:
         common.tiny(c)
         c.model.hidden = (32,)

@@ -157,9 +157,18 @@ def _top(log_probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def summarize(out: dict) -> dict:
-    """The classifier's metrics of the fused head, top1/top5 of each branch, and the mean gains."""
+    """The classifier's metrics of the prediction, top1/top5 of each branch, and the mean gains; before a fit
+    (validation) the classifier's metrics of the learned head, and `selection/top1`, the best top-1 of the
+    learned head, vision alone and place and date alone: what `configs/vision_geo.py` selects checkpoints by,
+    so a run whose useful branch is one head alone (noise images) is not selected by a memorising one."""
     result = classification.summarize(out)
     result.update({k: float(np.mean(v)) for k, v in _branch_scores(out).items()})
+    if "vision_only_top5" not in out and "vision_log_probs" in out:
+        labels = out["labels"]
+        heads = [out["top5"][:, 0]] + [
+            np.argmax(out[k], axis=1) for k in ("vision_log_probs", "geo_log_probs")
+        ]
+        result["selection/top1"] = float(max(np.mean(h == labels) for h in heads))
     return result
 
 
