@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import store_and_split
 
+from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluate as evaluate_lib
 from deepearth_jax import inputs, refit
 from deepearth_jax import train as train_lib
@@ -52,13 +53,33 @@ def test_refit_data_is_train_plus_labelled_validation(tiny_data, tmp_path):
     )
 
 
-def test_refit_block_rows_determinism_and_no_retraining(tiny_data, tmp_path, capsys):
+class _StopAtOnce:
+    """StopOnSigterm as if SIGTERM had arrived before the first step."""
+
+    requested = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_refit_block_rows_determinism_resume_and_no_retraining(tiny_data, tmp_path, capsys, monkeypatch):
     store, split = tiny_data
     # A run without refit, then the same command with refit turned on: the finished run is reused (refit is
     # a resumable change) and only the refit phase trains.
     plain = train_lib.train_and_evaluate(_config("vision", store, split), tmp_path / "a")
     assert "refit" not in plain
+    # A stop request (SIGTERM) during the refit: saved after its first step, the run is incomplete, no test.
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_lib, "StopOnSigterm", _StopAtOnce)
+        stopped = train_lib.train_and_evaluate(_config("vision", store, split, refit=True), tmp_path / "a")
+    assert not stopped["complete"] and not stopped["refit"]["complete"]
+    assert stopped["refit"]["step"] == 1 and not _test_keys(stopped["refit"])
+    assert stopped["params_checksum"] == plain["params_checksum"]  # the selection run is untouched
     first = train_lib.train_and_evaluate(_config("vision", store, split, refit=True), tmp_path / "a")
+    assert first["complete"]
     assert first["params_checksum"] == plain["params_checksum"]  # the checksum is the selected run's
     block = first["refit"]
     assert _test_keys(block) == _test_keys(first["best"])
@@ -74,7 +95,7 @@ def test_refit_block_rows_determinism_and_no_retraining(tiny_data, tmp_path, cap
     assert summary["refit"]["test/top1"] == block["test/top1"]
     assert (tmp_path / "a" / "refit" / "checkpoints").is_dir()
 
-    # Deterministic: a fresh run with refit from the start gives the same refit model.
+    # Deterministic: a fresh run with refit from the start gives the same refit model as the resumed one.
     second = train_lib.train_and_evaluate(_config("vision", store, split, refit=True), tmp_path / "b")
     assert second["refit"]["params_checksum"] == block["params_checksum"]
     assert second["refit"]["test/top1"] == block["test/top1"]
