@@ -50,6 +50,7 @@ GAINS = {
 EXPONENTS = np.round(np.linspace(0.0, 2.0, 41), 3)
 VISION_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 3)
 TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5)
+VISION_EVIDENCE_SE = 2.0
 DEFAULT_FIT = {
     "late_fusion/exponent": 1.0,
     "late_fusion/vision_weight": 1.0,
@@ -101,14 +102,18 @@ def fit(out: dict, prior: np.ndarray) -> dict:
     TEMPERATURES (t lets an overconfident branch be followed in ranking without being believed in
     confidence), and `fusion/late_rule` (1.0 when that rule's log-likelihood beats the learned head's, whose
     per-example `loss` is its negative); DEFAULT_FIT (the plain rule, the learned head) when no labelled
-    example is there. Ties: the first in grid order (smallest a, then w, then t)."""
+    example is there. A rule must earn its complexity: the best rule is kept only when its log-likelihood
+    beats the best rule of place and date alone (a = 0, w = 1, any t) by more than VISION_EVIDENCE_SE paired
+    standard errors, else that one (a grid of 2,255 rules fitted on a few thousand rows otherwise picks
+    spurious image weights for noise images, or a shrink towards training frequencies that a shifted test
+    year does not share). Ties: the first in grid order (smallest a, then w, then t)."""
     seen = out["labels"] >= 0
     if not seen.any():
         return dict(DEFAULT_FIT)
     labels = out["labels"][seen]
     vision = out["vision_log_probs"][seen].astype(np.float64)
     geo = out["geo_log_probs"][seen].astype(np.float64)
-    best, best_score = (1.0, 1.0, 1.0), -np.inf
+    best: dict = {}  # "any" / "geo" -> (mean log-likelihood, (a, w, t), per-example log-likelihoods)
     for a in VISION_WEIGHTS:
         base = a * vision + (1.0 - a) * prior
         for w in EXPONENTS:
@@ -116,15 +121,21 @@ def fit(out: dict, prior: np.ndarray) -> dict:
             z -= z.max(axis=1, keepdims=True)  # t z stays finite in exp for every t
             picked = np.take_along_axis(z, labels[:, None], 1)[:, 0]
             for t in TEMPERATURES:
-                score = float(np.mean(t * picked - np.log(np.exp(t * z).sum(axis=1))))
-                if score > best_score + 1e-12:
-                    best, best_score = (float(a), float(w), float(t)), score
+                per_example = t * picked - np.log(np.exp(t * z).sum(axis=1))
+                score = float(np.mean(per_example))
+                for side in ("any", "geo") if a == 0 and w == 1 else ("any",):
+                    if side not in best or score > best[side][0] + 1e-12:
+                        best[side] = (score, (float(a), float(w), float(t)), per_example)
+    score, chosen, _ = best["geo"]
+    diff = best["any"][2] - best["geo"][2]
+    if np.mean(diff) > VISION_EVIDENCE_SE * np.std(diff) / np.sqrt(len(diff)):
+        score, chosen, _ = best["any"]
     learned = -float(np.mean(out["loss"][seen]))
     return {
-        "late_fusion/exponent": best[1],
-        "late_fusion/vision_weight": best[0],
-        "late_fusion/temperature": best[2],
-        "fusion/late_rule": float(best_score > learned),
+        "late_fusion/exponent": chosen[1],
+        "late_fusion/vision_weight": chosen[0],
+        "late_fusion/temperature": chosen[2],
+        "fusion/late_rule": float(score > learned),
     }
 
 
