@@ -113,10 +113,6 @@ def refit_steps(config: ml_collections.ConfigDict, selected_step: int, steps_per
     return int(selected_step)
 
 
-def _meta(base_meta: dict, info: dict) -> dict:
-    return {**base_meta, "refit": info}
-
-
 def _set_aside_other_refit(directory: Path, info: dict) -> None:
     """Moves a refit of another selection (other selected step, rows or schedule) to `refit.replaced/`."""
     ckpt_dir = directory / "checkpoints"
@@ -149,44 +145,31 @@ def refit_and_test(
     phase: Phase,
 ) -> dict:
     """Trains (or resumes, or restores when finished) the refit model and returns the `refit` block:
-    `step`, `selected_step`, `selected_by`, `train_rows`, `schedule_steps`, `fitted_in_selection`,
-    `params_checksum`, `complete`, and the test metrics (the keys of `best`'s) when complete."""
+    `step`, `selected_step`, `selected_by`, `train_rows`, `validation_rows_left_out`, `schedule_steps`,
+    `fitted_in_selection`, `complete`, `params_checksum`, and when complete the test metrics (`best`'s
+    keys)."""
     data, dropped = refit_data(data_in.data)
     directory = Path(workdir) / REFIT_DIR
     with contextlib.ExitStack() as closing:
-        batches = pipeline.train_batches(
-            data.store,
-            data.train_rows,
-            mode=config.mode,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            num_threads=config.data.num_threads,
-            buffer_bytes=config.data.buffer_mb << 20,
-        )
-        closing.callback(batches.close)
-        per_epoch = batches.steps_per_epoch
-        if config.device_epochs:
-            per_epoch = math.ceil(len(data.train_rows) / config.batch_size)
-        total = refit_steps(config, selected_step, per_epoch)
+        refit_in = _refit_inputs(config, data, selected_step)
+        closing.callback(refit_in.close)
         fitted = selection_fit(config, tested_best)
         info = {
             "selected_step": int(selected_step),
-            "steps": int(total),
+            "steps": int(refit_in.total_steps),
             "train_rows": int(len(data.train_rows)),
             "schedule_steps": int(data_in.total_steps),
             "fitted_in_selection": fitted,
         }
         _set_aside_other_refit(directory, info)
-        refit_in = inputs.Inputs(data, batches, per_epoch, total)
         log.info(
             "refit: %d steps on %d train + validation rows (%d validation rows of species unseen in "
             "training left out)",
-            total,
+            refit_in.total_steps,
             len(data.train_rows),
             dropped,
         )
+        # The optimizer is built for the selection run's length: step s of the refit has step s's rate.
         graphdef, state = steps.create_train_state(
             config,
             input_dims=data.input_dims,
@@ -201,45 +184,51 @@ def refit_and_test(
             directory / "checkpoints", best_metric=config.best_metric, best_mode=config.best_mode
         )
         closing.callback(checkpointer.close)
-        meta = _meta(base_meta, info)
+        meta = {**base_meta, "refit": info}
         state, data_state, step = checkpoint_lib.restore_same_run(checkpointer, state, meta, directory)
         if 0 < step and not config.device_epochs:
-            batches.set_state(data_state)
-        if step >= total and jax.process_index() == 0:
-            print(f"refit already trained: step {step} of {total} in {directory}", flush=True)
+            refit_in.batches.set_state(data_state)
+        if step >= refit_in.total_steps and jax.process_index() == 0:
+            print(f"refit already trained: step {step} of {refit_in.total_steps} in {directory}", flush=True)
         writer = writers.MetricWriters(directory, jax.process_index() == 0, truncate_after=step)
         closing.callback(writer.close)
         calls = phase.step_calls(config, refit_in, mesh, graphdef, label_map, state_sharding, step)
-        state, step = phase.loop(
-            config,
-            mesh,
-            refit_in,
-            state,
-            step,
-            calls,
-            _NoValidation(),
-            checkpointer,
-            _SkipEmpty(writer),
-            meta,
-        )
+        loop_args = (calls, _NoValidation(), checkpointer, _SkipEmpty(writer), meta)
+        state, step = phase.loop(config, mesh, refit_in, state, step, *loop_args)
         block = {
             "step": int(step),
-            "selected_step": int(selected_step),
             "selected_by": config.best_metric,
-            "train_rows": int(len(data.train_rows)),
             "validation_rows_left_out": dropped,
-            "schedule_steps": int(data_in.total_steps),
-            "fitted_in_selection": fitted,
-            "complete": step >= total,
+            **{k: info[k] for k in ("selected_step", "train_rows", "schedule_steps", "fitted_in_selection")},
+            "complete": step >= refit_in.total_steps,
             "params_checksum": steps.params_checksum(state),
         }
-        if step >= total:
+        if block["complete"]:
             eval_step = _eval_step(config, data, graphdef, label_map, mesh, state_sharding)
             tester = evaluation_lib.Evaluator(
                 config, data, eval_step, mesh, subset="test", intervals=True, fitted=fitted
             )
             block.update(tester.evaluate(state))
         return block
+
+
+def _refit_inputs(config: ml_collections.ConfigDict, data: inputs.Data, selected_step: int) -> inputs.Inputs:
+    """The training iterator over the refit rows (same seed scheme as the run's) and the refit's length."""
+    batches = pipeline.train_batches(
+        data.store,
+        data.train_rows,
+        mode=config.mode,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_threads=config.data.num_threads,
+        buffer_bytes=config.data.buffer_mb << 20,
+    )
+    per_epoch = batches.steps_per_epoch
+    if config.device_epochs:  # whole epochs on device keep every example, as inputs.create_inputs counts
+        per_epoch = math.ceil(len(data.train_rows) / config.batch_size)
+    return inputs.Inputs(data, batches, per_epoch, refit_steps(config, selected_step, per_epoch))
 
 
 def _eval_step(config, data: inputs.Data, graphdef, label_map, mesh, state_sharding):
