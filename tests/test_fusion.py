@@ -171,3 +171,23 @@ def test_range_map_dates():
     # Circular mean: late December and early January average to the turn of the year, not to July.
     peak = range_map.peak_day_of_year(np.array([12, 12, 1, 1]), np.array([28, 30, 2, 4]))
     assert peak in (363, 364, 0)
+
+
+def test_selection_metric_is_the_best_head_on_unfitted_outputs():
+    """Validation (no fit): `selection/top1` is the best top-1 of the learned head, vision alone and place
+    and date alone, so a head that memorised noise images does not choose the checkpoint."""
+    labels = np.array([0, 1, 2, 2])
+    eye = np.log(np.eye(3) * 0.98 + 0.01)
+    out = {
+        "labels": labels,
+        "top5": np.array([[1, 0, 2], [0, 1, 2], [0, 1, 2], [1, 0, 2]], np.int32),  # learned: 0 of 4
+        "loss": np.ones(4),
+        "vision_log_probs": eye[[1, 1, 1, 1]],  # 1 of 4
+        "geo_log_probs": eye[[0, 1, 2, 0]],  # 3 of 4
+    }
+    summary = fusion.summarize(out)
+    assert summary["top1"] == 0.0
+    assert summary["selection/top1"] == 0.75
+    assert "selection/top1" not in fusion.summarize(
+        fusion.apply_fit(out, fusion.DEFAULT_FIT, np.log(np.full(3, 1 / 3)))
+    )
