@@ -129,3 +129,15 @@ def test_refit_of_a_fusion_keeps_the_exponent_fitted_in_selection(tiny_data, tmp
     for key, value in fitted.items():
         assert value == best[f"test/{key}"] == block[f"test/{key}"]
     assert _test_keys(block) == _test_keys(best)
+
+
+def test_extending_the_run_redoes_the_refit_of_the_new_selection(tiny_data, tmp_path):
+    """More epochs change the schedule (and maybe the selected step): the old refit is moved aside and
+    redone, not reused."""
+    store, split = tiny_data
+    short = train_lib.train_and_evaluate(_config("vision", store, split, refit=True, num_epochs=2), tmp_path)
+    longer = train_lib.train_and_evaluate(_config("vision", store, split, refit=True, num_epochs=3), tmp_path)
+    assert longer["refit"]["schedule_steps"] == longer["total_steps"] > short["refit"]["schedule_steps"]
+    assert longer["refit"]["selected_step"] == longer["best"]["step"]
+    replaced = tmp_path / refit.REPLACED_DIR
+    assert (replaced / "checkpoints").is_dir() and (tmp_path / refit.REFIT_DIR / "checkpoints").is_dir()
