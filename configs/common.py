@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_metric = "validation/top1"  # never test/...: selection must not see the test set
     c.best_mode = "max"  # max | min
     c.seed = 0
+    # After selection, train again from scratch on train + validation for the selected step count and test
+    # that model too (summary.json "refit"; deepearth_jax/refit.py). Off: see BENCHMARKS.md "Refit".
+    c.refit = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis; -1 = all devices of all hosts

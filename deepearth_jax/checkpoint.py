@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = {
     "data",
     "distributed",
     "allow_missing",
+    "refit",  # the refit phase (refit.py) runs after the main run; turning it on later reuses the run
 }
 
 

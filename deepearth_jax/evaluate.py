@@ -1,10 +1,11 @@
 """Evaluates a trained run's best (or latest) checkpoint and writes a report beside it.
 
-    python -m deepearth_jax.evaluate --workdir DIR [--split SUBSET] [--checkpoint best|latest|N]
+    python -m deepearth_jax.evaluate --workdir DIR [--split SUBSET] [--checkpoint best|latest|N|refit]
 
-`best` (the default) is the checkpoint selected on validation by the run's best_metric, never by test.
-Writes into `DIR/eval_<split>/`: `metrics.json` (overall, per split reason, unseen species; 95% bootstrap
-intervals `<metric>_ci: [lo, hi]` beside top-1 and top-5),
+`best` (the default) is the checkpoint selected on validation by the run's best_metric, never by test;
+`refit` the model a `config.refit` run trained again on train + validation (deepearth_jax/refit.py).
+Writes into `DIR/eval_<split>/` (`DIR/eval_<split>_refit/` for the refit model): `metrics.json` (overall,
+per split reason, unseen species; 95% bootstrap intervals `<metric>_ci: [lo, hi]` beside top-1 and top-5),
 `per_species.csv`, `confusion.png` (the most frequent species), and `predictions.parquet` (one row per
 observation).
 """
@@ -27,7 +28,7 @@ from flax import nnx
 
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
-from deepearth_jax import honesty, parallel, steps, tasks
+from deepearth_jax import honesty, parallel, refit, steps, tasks
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.errors import CliError
 from deepearth_jax.inputs import TrainError, prepare_data
@@ -71,14 +72,16 @@ class RestoredRun:
     graphdef: object
     state: object
     step: int
+    fitted: dict | None = None  # the refit model's: what the task fitted on validation in selection
 
 
 def restore_run(workdir: str | Path, which: str = "best") -> RestoredRun:
-    """Restores the `best` (by the run's best_metric), `latest`, or a numbered checkpoint of `workdir`."""
+    """Restores the `best` (by the run's best_metric), `latest`, or a numbered checkpoint of `workdir`, or
+    with `refit` the refit model (its `data` then trains on train + validation)."""
     workdir = Path(workdir)
     checkpointer, meta = _checkpointer_for(workdir)
     try:
-        if which == "best":
+        if which in ("best", "refit"):
             step = checkpointer.best_step()
             if step is None:
                 step = checkpointer.latest_step()
@@ -97,6 +100,9 @@ def restore_run(workdir: str | Path, which: str = "best") -> RestoredRun:
         data = prepare_data(config, workdir)
         if data.class_species.tolist() != meta["class_species"]:
             raise TrainError("the store or split changed since training: the species map differs")
+        if which == "refit":
+            fit = refit.restore_refit(config, data, workdir, mesh)
+            return RestoredRun(config, fit.data, mesh, fit.graphdef, fit.state, fit.step, fit.fitted)
         graphdef, state = steps.create_train_state(
             config,
             input_dims=data.input_dims,
@@ -117,6 +123,8 @@ def evaluate_workdir(
     """Restores a checkpoint of `workdir`, evaluates it on `split`, writes the report (with range maps of
     `range_species`, default the most frequent, for a geo prior); returns the metrics."""
     workdir = Path(workdir)
+    if which == "refit" and split != "test":
+        raise TrainError(f"--checkpoint refit trained on the {split} rows; evaluate it on --split test")
     run = restore_run(workdir, which)
     config, data, mesh, state, step = run.config, run.data, run.mesh, run.state, run.step
     unknown = sorted(set(range_species or ()) - set(data.class_names))
@@ -132,9 +140,11 @@ def evaluate_workdir(
         state_sharding=state_sharding,
         constants=tasks.from_config(config).eval_constants(data.store),
     )
-    evaluator = evaluation_lib.Evaluator(config, data, eval_step, mesh, subset=split, intervals=True)
+    evaluator = evaluation_lib.Evaluator(
+        config, data, eval_step, mesh, subset=split, intervals=True, fitted=run.fitted
+    )
     result = evaluator.run(state)
-    out_dir = workdir / f"eval_{split}"
+    out_dir = workdir / (f"eval_{split}_refit" if which == "refit" else f"eval_{split}")
     if jax.process_index() == 0:
         out_dir.mkdir(exist_ok=True)
         _write_report(out_dir, data, evaluator, result, step)
@@ -213,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint",
         default="best",
-        help="best (by the config's validation best_metric, default), latest, or a step number",
+        help="best (by the config's validation best_metric, default), latest, a step number, or refit "
+        "(the model a --config.refit=true run trained again on train + validation; test only)",
     )
     parser.add_argument(
         "--range-species",

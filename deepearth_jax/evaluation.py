@@ -62,15 +62,19 @@ class Evaluator:
         mesh,
         subset: str = "validation",
         intervals: bool = False,
+        fitted: dict | None = None,
     ):
         """`subset`: validation (selection during training), test (reports) or train; `intervals` adds
-        95% bootstrap intervals (`<name>_ci: [lo, hi]`) beside each of the task's `example_scores`."""
+        95% bootstrap intervals (`<name>_ci: [lo, hi]`) beside each of the task's `example_scores`;
+        `fitted`: what the task's `fit` would learn on validation, given (a refit model, whose validation
+        rows are training rows, keeps the selected model's) instead of fitted here."""
         if subset not in SUBSETS:
             raise ValueError(f"unknown subset {subset!r}; known: {', '.join(SUBSETS)}")
         self.config, self.data, self.eval_step, self.mesh, self.subset = config, data, eval_step, mesh, subset
         self.batch_size = eval_batch_size(config)
         parallel.check_global_batch(self.batch_size, mesh)
         self.intervals = intervals
+        self.fitted = fitted
         self.task = tasks.from_config(config)
         self.rows = getattr(data, f"{subset}_rows")
         fold = None if config.fold < 0 else int(config.fold)
@@ -102,7 +106,9 @@ class Evaluator:
         # itself is reported without it (its rows would score their own fit).
         if hasattr(self.task, "fit") and self.subset != "validation":
             prior = self._log_prior()
-            fitted = self.task.fit(self._validation_outputs(state), prior)
+            fitted = self.fitted
+            if fitted is None:
+                fitted = self.task.fit(self._validation_outputs(state), prior)
             merged = self.task.apply_fit(merged, fitted, prior)
         metrics = self.reduce(merged)
         metrics.update({f"{self.subset}/{k}": v for k, v in fitted.items()})
@@ -201,6 +207,8 @@ HEADLINE_PARTS = (
     "vision_only",
     "geo_only",
     "late_fusion",
+    "learned",
+    "fusion",
     "gain",
 )
 
@@ -225,7 +233,11 @@ def headline(row: dict, group: str | None = None) -> str:
         rest = names[1:]
         if not (
             len(rest) == 1
-            or (len(rest) == 2 and rest[0] in HEADLINE_PARTS and rest[1] in ("top1", "top5", "exponent"))
+            or (
+                len(rest) == 2
+                and rest[0] in HEADLINE_PARTS
+                and rest[1] in ("top1", "top5", "exponent", "vision_weight", "late_rule")
+            )
             or (len(rest) == 3 and rest[0] == "gain" and rest[2] == "top1")
         ):
             continue

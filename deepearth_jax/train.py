@@ -25,6 +25,7 @@ import numpy as np
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import config_utils, honesty, inputs, parallel, steps, tasks, writers
 from deepearth_jax import evaluation as evaluation_lib
+from deepearth_jax import refit as refit_lib
 from deepearth_jax import workdir as workdir_lib
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError
@@ -110,6 +111,11 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         tested = {"best": {}, "final": {}}  # a stopped run is tested when it completes
         if step >= data_in.total_steps:
             tested = _test_selected_and_final(config, data, eval_step, mesh, state, step, checkpointer)
+        if config.get("refit", False) and step >= data_in.total_steps:  # train + validation, refit.py
+            selected, phase = checkpointer.best_step() or step, refit_lib.Phase(_step_calls, _loop)
+            tested["refit"] = refit_lib.refit_and_test(
+                config, workdir, mesh, data_in, selected, tested["best"], meta, phase
+            )
         return _finish(
             config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested, painter
         )
@@ -279,7 +285,8 @@ def _finish(
     painter: writers.CurvesPainter,
 ) -> dict:
     """summary.json and curves.png (process 0): "best" is the checkpoint selected on validation with its test
-    metrics, "final" the last step's; test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
+    metrics, "final" the last step's, "refit" (`config.refit`) the model retrained on train + validation
+    (refit.py); test metrics carry 95% bootstrap intervals (`test/top1_ci`)."""
     path = workdir / "metrics.jsonl"
     rows = read_json_lines(path) if path.exists() else []  # without importing matplotlib (plots)
     final = {}
@@ -298,7 +305,8 @@ def _finish(
         "split": data.split_path,
         "steps": int(step),
         "total_steps": int(total_steps),
-        "complete": step >= total_steps,
+        # a refit stopped by SIGTERM leaves the run incomplete (exit 143): the rerun finishes it
+        "complete": step >= total_steps and (tested.get("refit") or {}).get("complete", True),
         "final": final,
         "best": best,
         "wall_time_s": round(time.time() - start_time, 2),
@@ -308,13 +316,16 @@ def _finish(
         # Does the selected checkpoint beat always predicting the most frequent species (None: no baseline)?
         "baseline_check": honesty.versus_frequency(best),
     }
+    if tested.get("refit") is not None:
+        summary["refit"] = tested["refit"]
     if jax.process_index() == 0:
         write_json_atomic(workdir / "summary.json", summary)
         if rows:
             painter.wait()
         log.info("summary: %s", {k: summary[k] for k in ("steps", "wall_time_s", "params_checksum")})
-        for name, row in (("best", best), ("final", final)):
-            print(f"{name} (step {row.get('step', step)}): {evaluation_lib.headline(row)}", flush=True)
+        for name, row in (("best", best), ("final", final), ("refit", tested.get("refit"))):
+            if row is not None:
+                print(f"{name} (step {row.get('step', step)}): {evaluation_lib.headline(row)}", flush=True)
         unseen = honesty.unseen_line(best)
         if unseen is not None:
             print(unseen, flush=True)

@@ -35,13 +35,58 @@ def test_late_fusion_exponent_is_the_one_that_generated_the_labels():
     }
     posterior = np.exp(fusion.late_fusion_log_probs(out, prior, 0.6))
     out["labels"] = (posterior.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1).clip(0, c - 1)
-    assert fusion.fit(out, prior)["late_fusion/exponent"] == pytest.approx(0.6, abs=0.1)
+    out["loss"] = np.full(n, 10.0)  # a learned head worse than the rule
+    fitted = fusion.fit(out, prior)
+    assert fitted["late_fusion/exponent"] == pytest.approx(0.6, abs=0.1)
+    assert fitted["late_fusion/vision_weight"] == pytest.approx(1.0, abs=0.1)
+    assert fitted["late_fusion/temperature"] == 1.0
+    assert fitted["fusion/late_rule"] == 1.0
     # Normalised, and w = 0 is vision alone.
     np.testing.assert_allclose(np.exp(fusion.late_fusion_log_probs(out, prior, 1.3)).sum(axis=1), 1.0)
     np.testing.assert_allclose(
         fusion.late_fusion_log_probs(out, prior, 0.0), out["vision_log_probs"], atol=1e-12
     )
-    assert fusion.fit({**out, "labels": np.full(n, -1)}, prior) == {"late_fusion/exponent": 1.0}
+    assert fusion.fit({**out, "labels": np.full(n, -1)}, prior) == fusion.DEFAULT_FIT
+
+
+def test_late_rule_ignores_noise_vision_and_replaces_an_overfitted_learned_head():
+    """Labels from place and date alone, vision log-probs pure noise: the fit sets the vision weight to 0 and
+    prefers the rule to a learned head whose validation loss is worse; the prediction is then the rule's."""
+    rng = np.random.default_rng(test_seed())
+    n, c = 4000, 8
+    prior = np.log(np.full(c, 1.0 / c))
+    geo = _log_softmax(rng.normal(0, 2.0, (n, c)))
+    labels = (np.exp(geo).cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1).clip(0, c - 1)
+    vision = _log_softmax(rng.normal(0, 3.0, (n, c)))  # confident and uninformative
+    out = {
+        "labels": labels,
+        "vision_log_probs": vision,
+        "geo_log_probs": geo,
+        "top5": np.argsort(-vision, axis=1)[:, :5].astype(np.int32),
+        "top5_prob": np.zeros((n, 5), np.float32),
+        "loss": -np.take_along_axis(vision, labels[:, None], 1)[:, 0],  # the "learned head" follows vision
+    }
+    fitted = fusion.fit(out, prior)
+    assert fitted["late_fusion/vision_weight"] == 0.0
+    # With a uniform prior and a = 0 the rule is t w log p(y|place, date): only the product is identified.
+    assert fitted["late_fusion/exponent"] * fitted["late_fusion/temperature"] == pytest.approx(1.0, abs=0.1)
+    assert fitted["fusion/late_rule"] == 1.0
+    scored = fusion.apply_fit(out, fitted, prior)
+    late = fusion.late_fusion_log_probs(
+        out, prior, *(fitted[f"late_fusion/{k}"] for k in ("exponent", "vision_weight", "temperature"))
+    )
+    np.testing.assert_array_equal(scored["top5"], scored["late_fusion_top5"])
+    np.testing.assert_array_equal(scored["learned_top5"], out["top5"])
+    np.testing.assert_allclose(scored["loss"], -np.take_along_axis(late, labels[:, None], 1)[:, 0], rtol=1e-6)
+    # a = 0, w = 1 ranks by place and date alone, at any temperature.
+    for t in fusion.TEMPERATURES:
+        ranked = np.argsort(-fusion.late_fusion_log_probs(out, prior, 1.0, 0.0, t), axis=1, kind="stable")
+        np.testing.assert_array_equal(ranked, np.argsort(-geo, axis=1, kind="stable"))
+    summary = fusion.summarize(scored)
+    assert summary["top1"] == summary["late_fusion/top1"] > summary["learned/top1"]
+    # Kept learned head: the prediction is the head's.
+    kept = fusion.apply_fit(out, {**fitted, "fusion/late_rule": 0.0}, prior)
+    np.testing.assert_array_equal(kept["top5"], out["top5"])
 
 
 def test_gain_interval_is_the_paired_bootstrap_interval():
@@ -54,7 +99,7 @@ def test_gain_interval_is_the_paired_bootstrap_interval():
         "vision_log_probs": _log_softmax(rng.normal(size=(n, c))),
         "geo_log_probs": _log_softmax(rng.normal(size=(n, c))),
     }
-    out = fusion.apply_fit(out, {"late_fusion/exponent": 0.5}, np.log(np.full(c, 1.0 / c)))
+    out = fusion.apply_fit(out, {"late_fusion/exponent": 0.5}, np.log(np.full(c, 1.0 / c)))  # an old fit
     scores = fusion.example_scores(out)
     fused, vision = (metrics_lib.topk_correct(out[k], out["labels"], 1) for k in ("top5", "vision_only_top5"))
     np.testing.assert_array_equal(scores["gain/fused_vs_vision/top1"], fused.astype(float) - vision)
@@ -126,3 +171,23 @@ def test_range_map_dates():
     # Circular mean: late December and early January average to the turn of the year, not to July.
     peak = range_map.peak_day_of_year(np.array([12, 12, 1, 1]), np.array([28, 30, 2, 4]))
     assert peak in (363, 364, 0)
+
+
+def test_selection_metric_is_the_best_head_on_unfitted_outputs():
+    """Validation (no fit): `selection/top1` is the best top-1 of the learned head, vision alone and place
+    and date alone, so a head that memorised noise images does not choose the checkpoint."""
+    labels = np.array([0, 1, 2, 2])
+    eye = np.log(np.eye(3) * 0.98 + 0.01)
+    out = {
+        "labels": labels,
+        "top5": np.array([[1, 0, 2], [0, 1, 2], [0, 1, 2], [1, 0, 2]], np.int32),  # learned: 0 of 4
+        "loss": np.ones(4),
+        "vision_log_probs": eye[[1, 1, 1, 1]],  # 1 of 4
+        "geo_log_probs": eye[[0, 1, 2, 0]],  # 3 of 4
+    }
+    summary = fusion.summarize(out)
+    assert summary["top1"] == 0.0
+    assert summary["selection/top1"] == 0.75
+    assert "selection/top1" not in fusion.summarize(
+        fusion.apply_fit(out, fusion.DEFAULT_FIT, np.log(np.full(3, 1 / 3)))
+    )

@@ -5,12 +5,20 @@ Training: cross-entropy of the fused head plus those of the two single-branch he
 each branch also learns to predict on its own. Evaluation adds, per example, the top-5 of
     vision_only      the vision head alone;
     geo_only         the place-and-date head alone;
-    late_fusion      log p(y|image) + w (log p(y|place, date) - log p(y)) (Mac Aodha et al. 2019), with
-                     p(y) the smoothed training frequencies and the exponent w fitted on the VALIDATION rows
-                     (`fit`: the w in EXPONENTS of highest validation log-likelihood), never on test;
-and the per-example gains `gain/fused_vs_vision/top1` (fused hit - vision hit), whose bootstrap interval is
-the paired interval of the gain (`metrics.paired_bootstrap_ci`). The evaluator calls `fit` on validation
-outputs and `apply_fit` on every subset (tasks/__init__.py).
+    late_fusion      t [a log p(y|image) + (1 - a) log p(y) + w (log p(y|place, date) - log p(y))]: with
+                     a = t = 1 the rule of Mac Aodha et al. 2019; a < 1 tempers the image's evidence towards
+                     the prior (a = 0, w = 1 ranks by place and date alone); t, a temperature, changes only
+                     the confidence. p(y): the smoothed training frequencies; a (VISION_WEIGHTS), w
+                     (EXPONENTS) and t (TEMPERATURES) are fitted on the VALIDATION rows (`fit`: highest
+                     validation log-likelihood), never on test;
+    learned          the learned fusion head itself.
+The model's prediction (`top5`, `test/top1`) is the one of the two, learned head or late rule, of higher
+validation log-likelihood (`fusion/late_rule` 1.0 when the rule): an uninformative branch (noise images)
+makes the learned head memorise training rows, and the rule with a ~ 0 is then what ignores the branch. Per
+example, the gains `gain/fused_vs_vision/top1` (prediction hit - vision hit) and
+`gain/learned_vs_vision/top1`, whose bootstrap intervals are the paired intervals of the gains
+(`metrics.paired_bootstrap_ci`). The evaluator calls `fit` on validation outputs and `apply_fit` on every
+subset (tasks/__init__.py); validation itself is scored by the learned head (checkpoint selection).
 """
 
 from __future__ import annotations
@@ -33,9 +41,22 @@ from .classification import (  # noqa: F401  (the classifier's report: same colu
 
 TRAIN_METRICS = classification.TRAIN_METRICS
 BASELINES = True
-BRANCHES = ("vision_only", "geo_only", "late_fusion")
-GAINS = {"fused_vs_vision": ("", "vision_only"), "late_fusion_vs_vision": ("late_fusion", "vision_only")}
+BRANCHES = ("vision_only", "geo_only", "late_fusion", "learned")
+GAINS = {
+    "fused_vs_vision": ("", "vision_only"),
+    "learned_vs_vision": ("learned", "vision_only"),
+    "late_fusion_vs_vision": ("late_fusion", "vision_only"),
+}
 EXPONENTS = np.round(np.linspace(0.0, 2.0, 41), 3)
+VISION_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 3)
+TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5)
+VISION_EVIDENCE_SE = 2.0
+DEFAULT_FIT = {
+    "late_fusion/exponent": 1.0,
+    "late_fusion/vision_weight": 1.0,
+    "late_fusion/temperature": 1.0,
+    "fusion/late_rule": 0.0,
+}
 
 
 def loss(model, inputs, labels, mask):
@@ -63,33 +84,82 @@ def log_prior(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.log(counts / counts.sum())
 
 
-def late_fusion_log_probs(out: dict, prior: np.ndarray, exponent: float) -> np.ndarray:
-    """(N, C) normalised log posterior of the late fusion rule (numpy twin of `late_fusion_logits`)."""
-    z = out["vision_log_probs"].astype(np.float64) + exponent * (out["geo_log_probs"] - prior)
+def late_fusion_log_probs(
+    out: dict, prior: np.ndarray, exponent: float, vision_weight: float = 1.0, temperature: float = 1.0
+) -> np.ndarray:
+    """(N, C) normalised log posterior of t [a log p(y|image) + (1 - a) log p(y) + w (log p(y|place, date) -
+    log p(y))], a = `vision_weight`, w = `exponent`, t = `temperature` (a = t = 1: the numpy twin of
+    `late_fusion_logits`); t changes only the confidence, not the ranking."""
+    vision = out["vision_log_probs"].astype(np.float64)
+    z = vision_weight * vision + (1.0 - vision_weight) * prior + exponent * (out["geo_log_probs"] - prior)
+    z = temperature * z
     return z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
 
 
 def fit(out: dict, prior: np.ndarray) -> dict:
-    """`{"late_fusion/exponent": w}`: the exponent of highest mean log-likelihood on `out` (validation
-    outputs) over EXPONENTS; 1 (the plain rule) when no labelled example is there."""
+    """On `out` (validation outputs): the late rule's `late_fusion/vision_weight` a, `late_fusion/exponent` w
+    and `late_fusion/temperature` t of highest mean log-likelihood over VISION_WEIGHTS x EXPONENTS x
+    TEMPERATURES (t lets an overconfident branch be followed in ranking without being believed in
+    confidence), and `fusion/late_rule` (1.0 when that rule's log-likelihood beats the learned head's, whose
+    per-example `loss` is its negative); DEFAULT_FIT (the plain rule, the learned head) when no labelled
+    example is there. A rule must earn its complexity: the best rule is kept only when its log-likelihood
+    beats the best rule of place and date alone (a = 0, w = 1, any t) by more than VISION_EVIDENCE_SE paired
+    standard errors, else that one (a grid of 2,255 rules fitted on a few thousand rows otherwise picks
+    spurious image weights for noise images, or a shrink towards training frequencies that a shifted test
+    year does not share). Ties: the first in grid order (smallest a, then w, then t)."""
     seen = out["labels"] >= 0
     if not seen.any():
-        return {"late_fusion/exponent": 1.0}
-    part = {k: out[k][seen] for k in ("vision_log_probs", "geo_log_probs")}
+        return dict(DEFAULT_FIT)
     labels = out["labels"][seen]
-    scores = [
-        np.mean(np.take_along_axis(late_fusion_log_probs(part, prior, w), labels[:, None], 1))
-        for w in EXPONENTS
-    ]
-    return {"late_fusion/exponent": float(EXPONENTS[int(np.argmax(scores))])}
+    vision = out["vision_log_probs"][seen].astype(np.float64)
+    geo = out["geo_log_probs"][seen].astype(np.float64)
+    best: dict = {}  # "any" / "geo" -> (mean log-likelihood, (a, w, t), per-example log-likelihoods)
+    for a in VISION_WEIGHTS:
+        base = a * vision + (1.0 - a) * prior
+        for w in EXPONENTS:
+            z = base + w * (geo - prior)
+            z -= z.max(axis=1, keepdims=True)  # t z stays finite in exp for every t
+            picked = np.take_along_axis(z, labels[:, None], 1)[:, 0]
+            for t in TEMPERATURES:
+                per_example = t * picked - np.log(np.exp(t * z).sum(axis=1))
+                score = float(np.mean(per_example))
+                for side in ("any", "geo") if a == 0 and w == 1 else ("any",):
+                    if side not in best or score > best[side][0] + 1e-12:
+                        best[side] = (score, (float(a), float(w), float(t)), per_example)
+    score, chosen, _ = best["geo"]
+    diff = best["any"][2] - best["geo"][2]
+    if np.mean(diff) > VISION_EVIDENCE_SE * np.std(diff) / np.sqrt(len(diff)):
+        score, chosen, _ = best["any"]
+    learned = -float(np.mean(out["loss"][seen]))
+    return {
+        "late_fusion/exponent": chosen[1],
+        "late_fusion/vision_weight": chosen[0],
+        "late_fusion/temperature": chosen[2],
+        "fusion/late_rule": float(score > learned),
+    }
 
 
 def apply_fit(out: dict, fitted: dict, prior: np.ndarray) -> dict:
-    """`out` plus per-example `vision_only_top5`, `geo_only_top5`, `late_fusion_top5` (N, k)."""
+    """`out` plus per-example `vision_only_top5`, `geo_only_top5`, `late_fusion_top5`, `learned_top5` (N, k);
+    with `fusion/late_rule` the prediction (`top5`, `top5_prob`, `loss`) becomes the late rule's."""
+    fitted = {**DEFAULT_FIT, **fitted}  # a fit recorded before the vision weight and the rule existed
     k = min(TOP_K, out["vision_log_probs"].shape[1])
-    late = late_fusion_log_probs(out, prior, fitted["late_fusion/exponent"])
+    late = late_fusion_log_probs(
+        out,
+        prior,
+        fitted["late_fusion/exponent"],
+        fitted["late_fusion/vision_weight"],
+        fitted["late_fusion/temperature"],
+    )
     ranked = {"vision_only": out["vision_log_probs"], "geo_only": out["geo_log_probs"], "late_fusion": late}
     extra = {f"{name}_top5": _top(v, k) for name, v in ranked.items()}
+    extra["learned_top5"] = out["top5"]
+    if fitted["fusion/late_rule"] > 0.5:
+        labels = out["labels"]
+        loss = -np.take_along_axis(late, np.maximum(labels, 0)[:, None], 1)[:, 0]
+        extra["top5"] = extra["late_fusion_top5"]
+        extra["top5_prob"] = np.exp(np.take_along_axis(late, extra["top5"], 1)).astype(np.float32)
+        extra["loss"] = np.where(labels >= 0, loss, 0.0).astype(np.float32)
     return {**out, **extra}
 
 
@@ -98,9 +168,18 @@ def _top(log_probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def summarize(out: dict) -> dict:
-    """The classifier's metrics of the fused head, top1/top5 of each branch, and the mean gains."""
+    """The classifier's metrics of the prediction, top1/top5 of each branch, and the mean gains; before a fit
+    (validation) the classifier's metrics of the learned head, and `selection/top1`, the best top-1 of the
+    learned head, vision alone and place and date alone: what `configs/vision_geo.py` selects checkpoints by,
+    so a run whose useful branch is one head alone (noise images) is not selected by a memorising one."""
     result = classification.summarize(out)
     result.update({k: float(np.mean(v)) for k, v in _branch_scores(out).items()})
+    if "vision_only_top5" not in out and "vision_log_probs" in out:
+        labels = out["labels"]
+        heads = [out["top5"][:, 0]] + [
+            np.argmax(out[k], axis=1) for k in ("vision_log_probs", "geo_log_probs")
+        ]
+        result["selection/top1"] = float(max(np.mean(h == labels) for h in heads))
     return result
 
 
@@ -114,7 +193,7 @@ def _branch_scores(out: dict) -> dict:
         return {}
     labels = out["labels"]
     k = min(TOP_K, out["top5"].shape[1])
-    hits = {"": classification.example_scores(out)}  # the fused head's
+    hits = {"": classification.example_scores(out)}  # the prediction's (learned head or late rule)
     scores = {}
     for name in BRANCHES:
         top = out[f"{name}_top5"]
