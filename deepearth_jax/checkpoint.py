@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = {
     "data",
     "distributed",
     "allow_missing",
+    "profile_steps",
 }
 
 

@@ -48,7 +48,13 @@ def build_train_state(
 ) -> TrainState:
     """The unsplit `TrainState` (model in train mode + optimizer) (what `create_train_state` traces)."""
     tx = make_optimizer(config.optimizer, total_steps)
-    model = create_model(config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed))
+    model = create_model(
+        config.model,
+        input_dims=input_dims,
+        num_classes=num_classes,
+        rngs=nnx.Rngs(seed),
+        dtype=str(config.get("dtype", "float32")),
+    )
     model.train()
     return TrainState(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
 
