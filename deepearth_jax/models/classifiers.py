@@ -162,14 +162,30 @@ class AttentiveProbeClassifier(nnx.Module):
         self.mlp_out = torch_linear(mlp_dim, vision_dim, rngs=rngs)
         self.head = MLP(vision_dim, hidden, num_classes, dropout, rngs=rngs)
 
+    def _fused_attention(self, tokens: jax.Array, q_in_token_space: jax.Array, dtype) -> jax.Array:
+        """(B, Q, h, D): the queries attend LayerNorm(tokens), the norm's scale and shift folded out.
+
+        With x = g * xhat + b (xhat the tokens standardised, no parameters): scores x . q = xhat . (g * q) +
+        b . q, whose second term is constant over tokens and cancels in the softmax, and sum_n a_n x_n =
+        g * (sum_n a_n xhat_n) + b. So the keys and values are the parameter-free xhat, computed once in
+        `dtype` and never differentiated: the backward pass touches no (B, N, D) tensor but the scores'.
+        """
+        norm = self.token_norm
+        t = tokens.astype(jnp.float32)
+        mean = jnp.mean(t, axis=-1, keepdims=True)
+        var = jnp.maximum(jnp.mean(jnp.square(t), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+        xhat = ((t - mean) * jax.lax.rsqrt(var + norm.epsilon)).astype(dtype)
+        scale, shift = norm.scale[...], norm.bias[...]
+        pooled = _multi_query_attention(xhat, (q_in_token_space * scale).astype(dtype), fused=True)
+        return pooled * scale.astype(dtype) + shift.astype(dtype)
+
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         if "vision" in batch:
             tokens = batch["vision"]
             tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # (B, N, D)
         else:
             tokens = jnp.asarray(batch["vision_pooled"])[:, None, :]
-        x = self.token_norm(tokens)  # (B, N, D); float16 tokens cast inside the norm, statistics in float32
-        d = x.shape[-1]
+        d = tokens.shape[-1]
         heads, head_dim = self.num_heads, d // self.num_heads
         queries = self.queries[...]  # (Q, D)
         q = self.query_proj(queries).reshape(-1, heads, head_dim)  # (Q, h, dh)
@@ -177,8 +193,11 @@ class AttentiveProbeClassifier(nnx.Module):
         # Per head, the query mapped back to token space: scores = x . (Wk_h q_h) / sqrt(dh); bias cancels.
         q_in_token_space = jnp.einsum("qhe,dhe->qhd", q, wk) / math.sqrt(head_dim)  # (Q, h, D)
         dtype = dtype_of(self)
-        fused = self.fused_attention or dtype != jnp.float32
-        pooled = _multi_query_attention(x.astype(dtype), q_in_token_space.astype(dtype), fused)  # (B,Q,h,D)
+        if self.fused_attention or dtype != jnp.float32:
+            pooled = self._fused_attention(tokens, q_in_token_space, dtype)
+        else:
+            x = self.token_norm(tokens)  # (B, N, D); float16 tokens cast inside, statistics in float32
+            pooled = _multi_query_attention(x, q_in_token_space, fused=False)  # (B, Q, h, D)
         wv = self.value_proj.kernel[...].reshape(d, heads, head_dim).astype(dtype)
         values = jnp.einsum("bqhd,dhe->bqhe", pooled, wv) + self.value_proj.bias[...].reshape(heads, head_dim)
         attended = self.out_proj(values.reshape(values.shape[0], values.shape[1], d))  # (B, Q, D)
