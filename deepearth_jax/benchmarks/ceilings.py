@@ -2,8 +2,8 @@
 
 - `matmul_ceiling(dtype)`: FLOP/s of a large square `jnp.dot` in float32 or bfloat16 (the best of a few
   timed rounds), the compute roof;
-- `copy_ceiling()`: bytes/s of a device memory copy (`x + 1` over an array far larger than any cache, bytes
-  read + written), the memory roof;
+- `copy_ceiling()`: bytes/s of a device memory pass (`x + 1` in place over an array far larger than any
+  cache, bytes read + written), the memory roof;
 - `compiled_costs(jitted, *args)`: FLOPs and bytes accessed of one call from XLA's cost analysis of the
   compiled program, and its peak device memory from the compiled memory analysis.
 
@@ -54,11 +54,17 @@ def matmul_ceiling(dtype: str = "float32", n: int | None = None, min_time: float
 
 
 def copy_ceiling(nbytes: int | None = None, min_time: float = 1.0) -> float:
-    """Bytes/s (read + written) of an elementwise pass over a float32 array of `nbytes` bytes."""
+    """Bytes/s (read + written) of an elementwise pass over a float32 array of `nbytes` bytes, in place
+    (donated): a fresh output buffer per call would time the allocator's page faults, not memory."""
     nbytes = nbytes or (256 << 20 if jax.default_backend() == "cpu" else 2 << 30)
-    x = jnp.zeros((nbytes // 4,), jnp.float32)
-    copy = jax.jit(lambda v: v + 1.0)
-    return 2.0 * nbytes / _best_seconds(lambda: copy(x), min_time)
+    state = {"x": jnp.zeros((nbytes // 4,), jnp.float32)}
+    step = jax.jit(lambda v: v + 1.0, donate_argnums=0)
+
+    def copy():
+        state["x"] = step(state["x"])
+        return state["x"]
+
+    return 2.0 * nbytes / _best_seconds(copy, min_time)
 
 
 def measure_ceilings(
