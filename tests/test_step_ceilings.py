@@ -37,7 +37,7 @@ def test_utilisation_and_roofline_bound():
     )
     assert memory["bound"] == "memory" and np.isclose(memory["utilisation_bytes"], 0.5)
     slow = ceilings.utilisation({"flops": 1e6, "bytes": 1e6, "peak_memory_bytes": 5}, 1e3, ceiling, "float32")
-    assert slow["bound"] == "dispatch"  # 1 ms for what the roofs allow in 10 us
+    assert slow["bound"] == "overhead"  # 1 ms for what the roofs allow in 10 us
 
 
 def test_largest_batch_from_a_linear_fit():

@@ -109,7 +109,8 @@ def utilisation(
     """A row's achieved FLOP/s and bytes/s, the fraction of each ceiling, and which roof binds.
 
     `bound`: "compute" or "memory" by the roofline (arithmetic intensity against the ridge point), or
-    "dispatch" when the step takes over 3x what the binding roof allows (time goes to launching, not math).
+    "overhead" when the step takes over 3x what the binding roof allows: the time goes to dispatch and
+    synchronisation (small steps; the K-steps-per-call rows show the gain) or to kernels far from either roof.
     """
     seconds = us_per_step * 1e-6
     flops_ceiling = ceilings[f"matmul_flops_{dtype}"]
@@ -119,7 +120,7 @@ def utilisation(
     ridge = flops_ceiling / ceilings["copy_bytes_per_s"]
     bound = "compute" if intensity >= ridge else "memory"
     if seconds > 3.0 * roof_seconds:
-        bound = "dispatch"
+        bound = "overhead"
     return {
         "flops_per_step": costs["flops"],
         "bytes_per_step": costs["bytes"],
