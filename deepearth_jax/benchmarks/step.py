@@ -9,7 +9,7 @@ device in the same process, and the ratio torch_us / jax_us is reported (> 1: JA
 Against the hardware (`ceilings.py`), measured in the same run on the same device: a large matmul's FLOP/s in
 float32 and bfloat16 and a memory copy's bytes/s; each row reports the step's FLOPs and bytes (XLA's cost
 analysis of the compiled step), achieved FLOP/s and bytes/s, their utilisation of the ceilings, which roof
-binds (or "dispatch" when neither explains the time), and the compiled step's peak memory. Over the K = 1
+binds (or "overhead" when neither explains the time), and the compiled step's peak memory. Over the K = 1
 rows, peak memory is fitted as a + b * batch, giving the largest batch that fits this device.
 
     python -m deepearth_jax.benchmark step --config configs/language.py --batch-sizes 32 \\
