@@ -20,6 +20,8 @@ def get_config(arg: str | None = None):
     c.model.dropout = 0.0
     c.model.num_heads = 4
     c.model.num_queries = 1
+    # Attend via jax.nn.dot_product_attention, the norm folded out, also in float32 (bfloat16 always does).
+    c.model.fused_attention = False
     c.optimizer.name = "adamw"
     c.optimizer.lr = 1e-3
     c.optimizer.weight_decay = 1e-4

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "vision_classifier"
     c.model.hidden = (128, 128)
     c.model.dropout = 0.3
+    # Compute dtype of matmuls and activations: float32 | bfloat16. Parameters, optimizer state and the loss
+    # stay float32 (MaxText's dtype / weight_dtype split); float16 vision tokens are read as they are stored.
+    c.dtype = "float32"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw
@@ -65,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # K train steps per jit call (lax.scan over K batches)
     c.device_epochs = False  # whole epochs on device (inputs must fit in device memory; language, pooled)
 
+    c.profile_steps = ""  # "START,COUNT": a jax.profiler trace of those steps in <workdir>/profile/
     c.log_every_steps = 50
     c.eval_every_steps = -1  # -1 = at the end of every epoch
     c.checkpoint_every_steps = 200

@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = {
     "distributed",
     "allow_missing",
     "refit",  # the refit phase (refit.py) runs after the main run; turning it on later reuses the run
+    "profile_steps",
 }
 
 

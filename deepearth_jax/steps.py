@@ -52,7 +52,11 @@ def build_train_state(
     tx = make_optimizer(config.optimizer, total_steps)
     try:
         model = create_model(
-            config.model, input_dims=input_dims, num_classes=num_classes, rngs=nnx.Rngs(seed)
+            config.model,
+            input_dims=input_dims,
+            num_classes=num_classes,
+            rngs=nnx.Rngs(seed),
+            dtype=str(config.get("dtype", "float32")),
         )
     except ModelConfigError as e:  # a user's config field; any other error from the model is a bug
         raise ConfigError(f"config.model: {e}") from None

@@ -23,13 +23,14 @@ import ml_collections
 import numpy as np
 
 from deepearth_jax import checkpoint as checkpoint_lib
-from deepearth_jax import config_utils, honesty, inputs, parallel, steps, tasks, writers
+from deepearth_jax import config_utils, honesty, inputs, parallel, profiling, steps, tasks, writers
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import refit as refit_lib
 from deepearth_jax import workdir as workdir_lib
 from deepearth_jax.cli import run_command, setup_logging
 from deepearth_jax.inputs import TrainError
 from deepearth_jax.io import progress_bar, read_json_lines, write_json_atomic
+from deepearth_jax.models import precision
 
 log = logging.getLogger("deepearth_jax.train")
 
@@ -64,6 +65,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
     if config.steps_per_call < 1:
         raise TrainError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
     check_best_metric(config.best_metric)
+    _check_precision_and_profile(config)
     with contextlib.ExitStack() as closing:
         painter = writers.CurvesPainter(enabled=jax.process_index() == 0)
         closing.callback(painter.close)
@@ -119,6 +121,15 @@ def _run(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: flo
         return _finish(
             config, workdir, data, state, checkpointer, step, data_in.total_steps, start_time, tested, painter
         )
+
+
+def _check_precision_and_profile(config) -> None:
+    """config.dtype names a compute dtype and config.profile_steps is "" or START,COUNT (one line if not)."""
+    try:
+        precision.compute_dtype(config.dtype)
+        profiling.parse_profile_steps(config.profile_steps)
+    except ValueError as e:
+        raise TrainError(f"config: {e}") from None
 
 
 def check_best_metric(name: str) -> None:
@@ -210,12 +221,15 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     state = steps.FlatState.of(state)  # carried flat: no nnx.State flatten/rebuild per step call
     last_saved = step if step > 0 else None  # restore_same_run resumed only a finite one
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
+    profiler = profiling.StepProfiler(config.profile_steps, writer.path.parent)
     try:
         with checkpoint_lib.StopOnSigterm() as stopper:
             for advance, call, data_state in calls:
-                state, metrics = call(state, metrics)
+                with profiler.step(step):
+                    state, metrics = call(state, metrics)
                 step += advance
                 stop = stopper.reached(step)  # the same answer on every process (SIGTERM on any of them)
+                profiler.after(step, state.leaves)
                 epoch = step / per_epoch
                 if itstime(step, per_epoch, total, advanced=advance) or itstime(
                     step, config.log_every_steps, total, advanced=advance
@@ -249,6 +263,7 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
                     break
         checkpointer.wait()
     finally:
+        profiler.stop()
         bar.close()
     if stopper.requested and is_main:
         print(f"SIGTERM: saved step {step} in {checkpointer.directory}; rerun to resume", flush=True)

@@ -12,7 +12,19 @@ def test_step_benchmark_overhead_row(tmp_path, capsys):
     out = tmp_path / "rows.json"
     configs = Path(__file__).resolve().parents[1] / "configs"
     argv = ["step", "--config", f"{configs}/language.py:tiny", "--batch-sizes", "4", "--steps-per-call", "1"]
-    argv += ["--overhead", "--min-time", "0.05", "--num-classes", "6", "--json", str(out)]
+    argv += [
+        "--overhead",
+        "--min-time",
+        "0.05",
+        "--num-classes",
+        "6",
+        "--matmul-size",
+        "64",
+        "--copy-mb",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert benchmark.main(argv) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and "overhead_ratio" not in rows[0]
@@ -39,7 +51,24 @@ def test_step_benchmark_times_space_time_models(tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     out = tmp_path / "rows.json"
     argv = ["step", "--config", f"{configs}/geo_prior.py:tiny", "--batch-sizes", "4", "--steps-per-call", "1"]
-    assert benchmark.main([*argv, "--min-time", "0.05", "--num-classes", "6", "--json", str(out)]) == 0
+    assert (
+        benchmark.main(
+            [
+                *argv,
+                "--min-time",
+                "0.05",
+                "--num-classes",
+                "6",
+                "--matmul-size",
+                "64",
+                "--copy-mb",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())[0]["us_per_step"] > 0
     config = load_config(f"{configs}/mae.py:tiny")
     batch = step.random_batch(config, step.input_dims_of(config), 5, num_species=3)

@@ -156,11 +156,12 @@ def test_step_benchmark_cli_writes_rows(tmp_path, capsys):
         "1,3",
     ]
     argv += ["--compare-torch", "--min-time", "0.05", "--num-classes", "6", "--json", str(out)]
+    argv += ["--matmul-size", "64", "--copy-mb", "1"]
     assert benchmark.main(argv) == 0
     rows = json.loads(out.read_text())
     assert [(r["batch_size"], r["steps_per_call"]) for r in rows] == [(4, 1), (4, 3)]
     for row in rows:
-        assert set(row) == {
+        assert {
             "batch_size",
             "steps_per_call",
             "us_per_step",
@@ -168,7 +169,9 @@ def test_step_benchmark_cli_writes_rows(tmp_path, capsys):
             "compile_s",
             "torch_us_per_step",
             "ratio",
-        }
+            "flops_per_step",
+            "utilisation_flops",
+        } <= set(row)
         assert row["us_per_step"] > 0 and row["torch_us_per_step"] > 0 and row["compile_s"] > 0
         np.testing.assert_allclose(row["ratio"], row["torch_us_per_step"] / row["us_per_step"], rtol=1e-2)
         np.testing.assert_allclose(row["samples_per_s"], 4 / row["us_per_step"] * 1e6, rtol=1e-2)

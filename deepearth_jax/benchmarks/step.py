@@ -1,10 +1,16 @@
-"""`python -m deepearth_jax.benchmark step`: the trainer's jitted train step vs PyTorch eager.
+"""`python -m deepearth_jax.benchmark step`: the jitted train step vs PyTorch eager and vs the hardware.
 
 For each (batch size, steps per call) it builds the REAL step (`steps.create_train_state` +
 `steps.make_train_step` from the config), feeds random inputs of the config's shapes already on device, and
 reports compile time (first call: trace + compile + one run), us/step and samples/s. With `--compare-torch`,
 the same model (PyTorch's nn.Linear layers, same widths and dropout) and optimizer run eagerly on the same
 device in the same process, and the ratio torch_us / jax_us is reported (> 1: JAX is faster).
+
+Against the hardware (`ceilings.py`), measured in the same run on the same device: a large matmul's FLOP/s in
+float32 and bfloat16 and a memory copy's bytes/s; each row reports the step's FLOPs and bytes (XLA's cost
+analysis of the compiled step), achieved FLOP/s and bytes/s, their utilisation of the ceilings, which roof
+binds (or "overhead" when neither explains the time), and the compiled step's peak memory. Over the K = 1
+rows, peak memory is fitted as a + b * batch, giving the largest batch that fits this device.
 
     python -m deepearth_jax.benchmark step --config configs/language.py --batch-sizes 32 \\
         --steps-per-call 1,100 --compare-torch --json /tmp/s.json
@@ -25,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepearth_jax.benchmarks import ceilings
 from deepearth_jax.benchmarks.torch_reference import torch_optimizer, torch_reference_model
 from deepearth_jax.data import modes
 from deepearth_jax.errors import CliError
@@ -78,6 +85,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-time", type=float, default=2.0, help="seconds of timed steps per setting (default 2)"
+    )
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        default=0,
+        help="side of the square matmul that measures the FLOP/s ceiling (0: 2048 on CPU, 8192 elsewhere)",
+    )
+    p.add_argument(
+        "--copy-mb",
+        type=int,
+        default=0,
+        help="MiB of the array whose copy measures the memory ceiling (0: 256 on CPU, 2048 elsewhere)",
     )
 
 
@@ -178,8 +197,13 @@ def _time_torch_once(config, dims, num_classes, batch_size, min_time) -> float:
 # --- JAX --------------------------------------------------------------------------------------------------
 
 
-def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, mesh) -> tuple[float, float]:
-    """(compile seconds, us per step) of the trainer's step, inputs already on device."""
+def _time_jax(
+    config, dims, num_classes, batch_size, steps_per_call, min_time, mesh
+) -> tuple[float, float, dict]:
+    """(compile seconds, us per step, costs of one step) of the trainer's step, inputs already on device.
+
+    The costs (`ceilings.compiled_costs`: FLOPs, bytes, peak memory) are of the K = 1 program of the same
+    step and batch (XLA counts a scan's body once), compiled but not run."""
     from deepearth_jax import parallel, steps
 
     graphdef, state = steps.create_train_state(
@@ -208,6 +232,7 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
     batch = jax.device_put(host, sharding)
     metrics = steps.init_metrics(config, mesh)
     state = steps.FlatState.of(state)  # as the trainer carries it
+    costs = _step_costs(config, graphdef, label_map, mesh, state, metrics, host, train_step, steps_per_call)
     start = time.perf_counter()
     state, metrics = train_step(state, metrics, batch)
     jax.block_until_ready(state.leaves)
@@ -228,7 +253,105 @@ def _time_jax(config, dims, num_classes, batch_size, steps_per_call, min_time, m
     loss = steps.summarize_metrics(metrics).get("loss", float("nan"))
     if not np.isfinite(loss):
         raise ValueError(f"the benchmark step produced a non-finite loss ({loss})")
-    return compile_s, elapsed / (calls * steps_per_call) * 1e6
+    return compile_s, elapsed / (calls * steps_per_call) * 1e6, costs
+
+
+def _step_costs(config, graphdef, label_map, mesh, state, metrics, host, train_step, steps_per_call) -> dict:
+    """`ceilings.compiled_costs` of one K = 1 step on one batch of `host` (compiled, not run)."""
+    from deepearth_jax import parallel, steps
+
+    def spec(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+    if steps_per_call > 1:
+        host = {k: v[0] for k, v in host.items()}
+        train_step = steps.make_train_step(
+            config,
+            graphdef,
+            label_map,
+            mesh=mesh,
+            state_sharding=jax.tree.unflatten(state.treedef, [x.sharding for x in state.leaves]),
+            steps_per_call=1,
+        )
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=parallel.batch_sharding(mesh))
+        for k, v in host.items()
+    }
+    leaves = [spec(x) for x in state.leaves]
+    return ceilings.compiled_costs(train_step.jitted, leaves, jax.tree.map(spec, metrics), batch)
+
+
+def _check_torch(config, args) -> None:
+    """Fails early (one line) when --compare-torch cannot run: no torch, another model, an accelerator."""
+    try:
+        import torch
+    except ImportError:
+        raise CliError("--compare-torch needs PyTorch: pip install torch (CPU build is enough)") from None
+    torch_reference_model(config, input_dims_of(config), args.num_classes)  # fails early for other models
+    if jax.default_backend() != "cpu":
+        if not torch.cuda.is_available():
+            raise CliError(f"JAX runs on {jax.default_backend()} but PyTorch sees no CUDA device")
+        raise CliError("--compare-torch on an accelerator is not supported yet: run it on CPU")
+
+
+def _print_ceilings(ceiling: dict[str, float]) -> None:
+    f32, bf16 = ceiling["matmul_flops_float32"] / 1e9, ceiling["matmul_flops_bfloat16"] / 1e9
+    copy = ceiling["copy_bytes_per_s"] / 1e9
+    kind = jax.devices()[0].device_kind
+    print(
+        f"ceilings on {kind}: matmul float32 {f32:.1f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s; "
+        f"memory copy {copy:.1f} GB/s",
+        flush=True,
+    )
+
+
+def _row(
+    batch_size: int, k: int, compile_s: float, us: float, costs: dict, ceiling: dict, dtype: str
+) -> dict:
+    row = {
+        "batch_size": batch_size,
+        "steps_per_call": k,
+        "dtype": dtype,
+        "us_per_step": round(us, 2),
+        "samples_per_s": round(batch_size / us * 1e6, 1),
+        "compile_s": round(compile_s, 3),
+    }
+    row.update(ceilings.utilisation(costs, us, ceiling, dtype))
+    row["ceiling_flops_per_s"] = ceiling[f"matmul_flops_{dtype}"]
+    row["ceiling_bytes_per_s"] = ceiling["copy_bytes_per_s"]
+    return row
+
+
+def _print_row(row: dict) -> None:
+    timing = f"{row['batch_size']:>6} {row['steps_per_call']:>5} {row['compile_s']:>9.2f}"
+    timing += f" {row['us_per_step']:>10.1f}"
+    use = f"{row['utilisation_flops']:>7.1%} {row['utilisation_bytes']:>7.1%}"
+    peak = row["peak_memory_bytes"] / 2**20
+    line = f"{timing} {row['samples_per_s']:>11.0f} {row['flops_per_step'] / 1e9:>9.3f} {use} {peak:>9.1f}"
+    line += f" {row['bound']:>8}"
+    if row.get("torch_us_per_step") is not None:
+        line += f" {row['torch_us_per_step']:>13.1f} {row['ratio']:>6.2f}"
+    print(line, flush=True)
+
+
+def _memory_fit(rows: list[dict]) -> dict | None:
+    """The peak memory's linear fit in the batch size over the K = 1 rows, and the largest batch that fits
+    this device (`ceilings.largest_batch`)."""
+    single = [r for r in rows if r["steps_per_call"] == 1]
+    fit = ceilings.largest_batch(
+        [r["batch_size"] for r in single],
+        [r["peak_memory_bytes"] for r in single],
+        ceilings.device_memory_bytes(),
+    )
+    if fit is not None:
+        fixed, per, memory = fit["fixed_bytes"], fit["bytes_per_example"], fit["memory_bytes"]
+        print(
+            f"peak memory ~ {fixed / 2**20:.0f} MiB + {per / 2**20:.1f} MiB x batch: the largest batch in "
+            f"{memory / 2**30:.0f} GiB is {fit['largest_batch']}; on a device of M GiB: "
+            f"(M x 2^30 - {fixed:.3g}) / {per:.3g}",
+            flush=True,
+        )
+    return fit
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,58 +361,49 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, getattr(args, "overrides", ()))
     if args.num_classes < 1:
         raise CliError(f"--num-classes must be >= 1, got {args.num_classes}")
-    if args.min_time <= 0:
-        raise CliError(f"--min-time must be > 0, got {args.min_time}")
+    if not args.min_time > 0 or not np.isfinite(args.min_time):
+        raise CliError(f"--min-time must be a finite number > 0, got {args.min_time}")
     if args.compare_torch:
-        try:
-            import torch
-        except ImportError:
-            raise CliError("--compare-torch needs PyTorch: pip install torch (CPU build is enough)") from None
-        torch_reference_model(config, input_dims_of(config), args.num_classes)  # fails early for other models
-        torch_device = "cpu"
-        if jax.default_backend() != "cpu":
-            if not torch.cuda.is_available():
-                raise CliError(f"JAX runs on {jax.default_backend()} but PyTorch sees no CUDA device")
-            raise CliError("--compare-torch on an accelerator is not supported yet: run it on CPU")
+        _check_torch(config, args)
+    dtype = str(config.get("dtype", "float32"))
     dims = input_dims_of(config)
     mesh = parallel.make_mesh(int(config.mesh.get("data", -1)))
     print(parallel.describe(mesh))
     print(
-        f"model {config.model.name}, mode {config.mode}, input dims {dims}, classes {args.num_classes}, "
-        f"optimizer {config.optimizer.name} lr {config.optimizer.lr}"
+        f"model {config.model.name}, mode {config.mode}, dtype {dtype}, input dims {dims}, classes "
+        f"{args.num_classes}, optimizer {config.optimizer.name} lr {config.optimizer.lr}"
     )
+    ceiling = ceilings.measure_ceilings(
+        min(args.min_time, 1.0), args.matmul_size or None, (args.copy_mb << 20) or None
+    )
+    _print_ceilings(ceiling)
+    header = (
+        f"{'batch':>6} {'K':>5} {'compile_s':>9} {'us/step':>10} {'samples/s':>11} {'GFLOP':>9} "
+        f"{'%flops':>7} {'%bytes':>7} {'peak MiB':>9} {'bound':>8}"
+    )
+    print(header + (f" {'torch us/step':>13} {'ratio':>6}" if args.compare_torch else ""))
     rows = []
-    header = f"{'batch':>6} {'K':>5} {'compile_s':>9} {'us/step':>10} {'samples/s':>11}"
-    if args.compare_torch:
-        header += f" {'torch us/step':>13} {'ratio':>6}"
-    print(header)
     for batch_size in args.batch_sizes:
         torch_us = None
         if args.compare_torch:
+            import torch
+
             torch_us, torch_threads = _time_torch(config, dims, args.num_classes, batch_size, args.min_time)
-            print(
-                f"torch {torch.__version__} {torch_device}: {torch_us:.1f} us/step, {torch_threads} threads"
-            )
+            print(f"torch {torch.__version__} cpu: {torch_us:.1f} us/step, {torch_threads} threads")
         batch_gb = sum(v.nbytes for v in random_batch(config, dims, batch_size, 1).values()) / 2**30
         for k in args.steps_per_call:
             if batch_gb * k > args.max_batch_gb:
                 print(f"{batch_size:>6} {k:>5} skipped: {k} batches of {batch_gb:.2f} GiB > --max-batch-gb")
                 continue
-            compile_s, us = _time_jax(config, dims, args.num_classes, batch_size, k, args.min_time, mesh)
-            row = {
-                "batch_size": batch_size,
-                "steps_per_call": k,
-                "us_per_step": round(us, 2),
-                "samples_per_s": round(batch_size / us * 1e6, 1),
-                "compile_s": round(compile_s, 3),
-                "torch_us_per_step": None if torch_us is None else round(torch_us, 2),
-                "ratio": None if torch_us is None else round(torch_us / us, 3),
-            }
+            compile_s, us, costs = _time_jax(
+                config, dims, args.num_classes, batch_size, k, args.min_time, mesh
+            )
+            row = _row(batch_size, k, compile_s, us, costs, ceiling, dtype)
+            row["torch_us_per_step"] = None if torch_us is None else round(torch_us, 2)
+            row["ratio"] = None if torch_us is None else round(torch_us / us, 3)
             rows.append(row)
-            line = f"{batch_size:>6} {k:>5} {compile_s:>9.2f} {us:>10.1f} {row['samples_per_s']:>11.0f}"
-            if torch_us is not None:
-                line += f" {torch_us:>13.1f} {row['ratio']:>6.2f}"
-            print(line, flush=True)
+            _print_row(row)
+    fit = _memory_fit(rows)
     if getattr(args, "overhead", False):
         from deepearth_jax.benchmarks import overhead
 
@@ -301,6 +415,8 @@ def run(args: argparse.Namespace) -> int:
             f"ratio {row['overhead_ratio']:.2f}",
             flush=True,
         )
+    if fit is not None:
+        rows.append({"memory_fit": fit})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -5,7 +5,8 @@
 | language_classifier | language                   | logits (B, C)     | hidden, dropout                     |
 | vision_classifier   | vision or vision_pooled    | logits (B, C)     | hidden, dropout                     |
 | attentive_probe     | vision (or vision_pooled)  | logits (B, C)     | hidden, dropout, num_heads,         |
-|                     |                            |                   | num_queries, mlp_ratio (4.0)        |
+|                     |                            |                   | num_queries, mlp_ratio (4.0),       |
+|                     |                            |                   | fused_attention (False)             |
 | mae                 | language + vision(_pooled) | dict (see mae.py) | hidden, dropout, shared_dim,        |
 |                     | (+ location, time)         |                   | mask_ratio, space_time, encoder     |
 | geo_prior           | location, time             | logits (B, C)     | hidden (one width), blocks, dropout,|
@@ -35,6 +36,7 @@ from deepearth_jax.models.config_error import ModelConfigError
 from .classifiers import AttentiveProbeClassifier, LanguageClassifier, VisionClassifier
 from .geo_prior import GeoPrior
 from .mae import MultimodalMaskedAutoencoder, SpaceTimeToken
+from .precision import set_compute_dtype
 from .vision_geo import VisionGeoClassifier
 
 __all__ = ["BUILDERS", "create_model"]
@@ -84,6 +86,7 @@ def _attentive_probe(m: Any, dims: Mapping[str, int], num_classes: int, rngs: nn
         num_heads=int(m.get("num_heads", 16)),
         num_queries=int(m.get("num_queries", 1)),
         mlp_ratio=float(m.get("mlp_ratio", 4.0)),
+        fused_attention=bool(m.get("fused_attention", False)),
         rngs=rngs,
     )
 
@@ -177,14 +180,21 @@ BUILDERS: dict[str, Callable[..., nnx.Module]] = {
 
 
 def create_model(
-    model_config: Any, *, input_dims: Mapping[str, int], num_classes: int, rngs: nnx.Rngs
+    model_config: Any,
+    *,
+    input_dims: Mapping[str, int],
+    num_classes: int,
+    rngs: nnx.Rngs,
+    dtype: str = "float32",
 ) -> nnx.Module:
     """Builds the model `model_config.name` (a ConfigDict or mapping with the fields of the table above).
 
     input_dims: {"language": L, "vision": D} (D is the token / pooled feature width); only the ones the model
-    reads are needed. num_classes: C (ignored by the MAE). Unknown names raise ValueError with the known ones.
+    reads are needed. num_classes: C (ignored by the MAE). dtype: the compute dtype of matmuls and
+    activations (float32 | bfloat16; parameters stay float32, see precision.py). Unknown names raise
+    ValueError with the known ones.
     """
     name = model_config["name"]
     if name not in BUILDERS:
         raise ModelConfigError(f"unknown model {name!r}; known: {', '.join(BUILDERS)}")
-    return BUILDERS[name](model_config, input_dims, num_classes, rngs)
+    return set_compute_dtype(BUILDERS[name](model_config, input_dims, num_classes, rngs), dtype)

@@ -18,6 +18,8 @@ from flax import nnx
 
 from deepearth_jax.models.config_error import ModelConfigError
 
+from .precision import dtype_of
+
 # PyTorch's nn.LayerNorm default; flax's is 1e-6.
 TORCH_LAYER_NORM_EPS = 1e-5
 
@@ -100,6 +102,17 @@ class VisionClassifier(nnx.Module):
         return self.mlp(pooled_vision(batch))
 
 
+def _multi_query_attention(x: jax.Array, queries: jax.Array, fused: bool) -> jax.Array:
+    """Every head's query (Q, h, D) attends the same keys and values, the tokens x (B, N, D), with the scale
+    already in the queries: (B, Q, h, D). `fused`: through `jax.nn.dot_product_attention` (one key/value
+    head shared by h query heads), which selects a fused kernel where the device has one; else einsums."""
+    if fused:
+        query = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))
+        return jax.nn.dot_product_attention(query, x[:, :, None, :], x[:, :, None, :], scale=1.0)
+    weights = jax.nn.softmax(jnp.einsum("bnd,qhd->bqhn", x, queries), axis=-1)  # (B, Q, h, N)
+    return jnp.einsum("bqhn,bnd->bqhd", weights, x)
+
+
 class AttentiveProbeClassifier(nnx.Module):
     """The V-JEPA attentive probe: `num_queries` learned queries cross-attend the T*H*W tokens, then a head.
 
@@ -122,8 +135,12 @@ class AttentiveProbeClassifier(nnx.Module):
         num_heads: int = 16,
         num_queries: int = 1,
         mlp_ratio: float = 4.0,
+        fused_attention: bool = False,
         rngs: nnx.Rngs,
     ):
+        """fused_attention: attend through `jax.nn.dot_product_attention` also in float32 (equal to the
+        einsums to ~1e-6, not bit for bit, so float32 runs keep the einsums by default); other compute
+        dtypes always use it."""
         if vision_dim % num_heads:
             raise ModelConfigError(
                 f"attentive probe: vision dim {vision_dim} is not divisible by num_heads {num_heads}"
@@ -131,6 +148,8 @@ class AttentiveProbeClassifier(nnx.Module):
         if num_queries < 1:
             raise ModelConfigError(f"attentive probe: num_queries must be >= 1, got {num_queries}")
         self.num_heads = num_heads
+        self.compute_dtype = jnp.float32  # matmuls below; models.precision.set_compute_dtype changes it
+        self.fused_attention = fused_attention
         self.queries = nnx.Param(
             jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (num_queries, vision_dim)) * 0.02
         )
@@ -145,24 +164,43 @@ class AttentiveProbeClassifier(nnx.Module):
         self.mlp_out = torch_linear(mlp_dim, vision_dim, rngs=rngs)
         self.head = MLP(vision_dim, hidden, num_classes, dropout, rngs=rngs)
 
+    def _fused_attention(self, tokens: jax.Array, q_in_token_space: jax.Array, dtype) -> jax.Array:
+        """(B, Q, h, D): the queries attend LayerNorm(tokens), the norm's scale and shift folded out.
+
+        With x = g * xhat + b (xhat the tokens standardised, no parameters): scores x . q = xhat . (g * q) +
+        b . q, whose second term is constant over tokens and cancels in the softmax, and sum_n a_n x_n =
+        g * (sum_n a_n xhat_n) + b. So the keys and values are the parameter-free xhat, computed once in
+        `dtype` and never differentiated: the backward pass touches no (B, N, D) tensor but the scores'.
+        """
+        norm = self.token_norm
+        t = tokens.astype(jnp.float32)
+        mean = jnp.mean(t, axis=-1, keepdims=True)
+        var = jnp.maximum(jnp.mean(jnp.square(t), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+        xhat = ((t - mean) * jax.lax.rsqrt(var + norm.epsilon)).astype(dtype)
+        scale, shift = norm.scale[...], norm.bias[...]
+        pooled = _multi_query_attention(xhat, (q_in_token_space * scale).astype(dtype), fused=True)
+        return pooled * scale.astype(dtype) + shift.astype(dtype)
+
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         if "vision" in batch:
             tokens = batch["vision"]
             tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # (B, N, D)
         else:
             tokens = jnp.asarray(batch["vision_pooled"])[:, None, :]
-        x = self.token_norm(tokens.astype(jnp.float32))  # (B, N, D)
-        d = x.shape[-1]
+        d = tokens.shape[-1]
         heads, head_dim = self.num_heads, d // self.num_heads
         queries = self.queries[...]  # (Q, D)
         q = self.query_proj(queries).reshape(-1, heads, head_dim)  # (Q, h, dh)
         wk = self.key_proj.kernel[...].reshape(d, heads, head_dim)  # (D, h, dh)
         # Per head, the query mapped back to token space: scores = x . (Wk_h q_h) / sqrt(dh); bias cancels.
         q_in_token_space = jnp.einsum("qhe,dhe->qhd", q, wk) / math.sqrt(head_dim)  # (Q, h, D)
-        scores = jnp.einsum("bnd,qhd->bqhn", x, q_in_token_space)  # (B, Q, h, N)
-        weights = jax.nn.softmax(scores, axis=-1)
-        pooled = jnp.einsum("bqhn,bnd->bqhd", weights, x)  # (B, Q, h, D)
-        wv = self.value_proj.kernel[...].reshape(d, heads, head_dim)
+        dtype = dtype_of(self)
+        if self.fused_attention or dtype != jnp.float32:
+            pooled = self._fused_attention(tokens, q_in_token_space, dtype)
+        else:
+            x = self.token_norm(tokens)  # (B, N, D); float16 tokens cast inside, statistics in float32
+            pooled = _multi_query_attention(x, q_in_token_space, fused=False)  # (B, Q, h, D)
+        wv = self.value_proj.kernel[...].reshape(d, heads, head_dim).astype(dtype)
         values = jnp.einsum("bqhd,dhe->bqhe", pooled, wv) + self.value_proj.bias[...].reshape(heads, head_dim)
         attended = self.out_proj(values.reshape(values.shape[0], values.shape[1], d))  # (B, Q, D)
         y = queries[None] + attended
