@@ -9,7 +9,7 @@ from conftest import small_dataset, test_seed
 
 from deepearth_jax.data import convert as convert_lib
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data import synthetic
+from deepearth_jax.data import store_check, synthetic
 from deepearth_jax.data.__main__ import main as data_main
 from deepearth_jax.data.convert import dashboard as convert_dashboard
 from deepearth_jax.data.convert import hf as convert_hf
@@ -56,7 +56,7 @@ def _check_metadata(dataset, store):
 def test_hf_round_trip(hf_source, tmp_path, dtype):
     dataset, source = hf_source
     store = convert_lib.convert(source, tmp_path / "store", dtype=dtype)
-    assert store_lib.verify_store(store.path) == []
+    assert store_check.verify_store(store.path) == []
     assert store.num_observations == dataset.num_observations
     assert int((store.column("vision_row") >= 0).sum()) == int(dataset.has_vision.sum())
     rows, expected = _source_values(dataset, store)
@@ -80,7 +80,7 @@ def test_hf_round_trip(hf_source, tmp_path, dtype):
 def test_dashboard_round_trip(dashboard_source, tmp_path, dtype):
     dataset, source = dashboard_source
     store = convert_lib.convert(source, tmp_path / "store", dtype=dtype, vision_shape=SHAPE)
-    assert store_lib.verify_store(store.path) == []
+    assert store_check.verify_store(store.path) == []
     rows, expected = _source_values(dataset, store)
     assert len(rows) == int(dataset.has_vision.sum())
     np.testing.assert_array_equal(store.vision[rows], expected.astype(dtype))
@@ -177,7 +177,7 @@ def test_nan_in_hf_embedding_fails_and_verify_rejects(hf_source, tmp_path, capsy
     assert len(line) == 1
     assert f"non_finite 1 (first: {gbif}_1;" in line[0] and "--skip-bad" in line[0]
     assert data_main(["verify", str(out)]) != 0
-    assert any("incomplete" in p for p in store_lib.verify_store(out))
+    assert any("incomplete" in p for p in store_check.verify_store(out))
     with pytest.raises(store_lib.StoreError, match="incomplete"):
         store_lib.open_store(out)
 
@@ -197,7 +197,7 @@ def test_nan_in_hf_embedding_fails_and_verify_rejects(hf_source, tmp_path, capsy
     ]
     assert store.vision.shape[0] == int((store.column("vision_row") >= 0).sum())
     assert store.column("vision_row")[store.rows_of([f"{gbif}_1"])[0]] == -1
-    assert store_lib.verify_store(out) == []
+    assert store_check.verify_store(out) == []
 
 
 BAD_EMBEDDINGS = {
@@ -310,7 +310,7 @@ def test_bad_observation_rows(hf_source, tmp_path, kind):
     kept = store.column("gbif_id")
     assert (kind == "duplicate_id") == (gbif in kept)  # a duplicate keeps its first row
     assert len(kept) == dataset.num_observations - (kind != "duplicate_id")
-    assert store_lib.verify_store(store.path) == []
+    assert store_check.verify_store(store.path) == []
 
 
 def test_dashboard_refuses_partial_rows_and_bad_offsets(dashboard_source, tmp_path):
@@ -340,7 +340,7 @@ def test_dashboard_nan_fails(dashboard_source, tmp_path):
     del rows
     with pytest.raises(convert_lib.ConvertError, match=r"non_finite 1 \(first: \d+_1;"):
         convert_lib.convert(source, tmp_path / "a", vision_shape=SHAPE)
-    assert store_lib.verify_store(tmp_path / "a") != []
+    assert store_check.verify_store(tmp_path / "a") != []
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_interrupted_conversion_resumes_to_identical_store(tmp_path, layout, mon
         convert_lib.convert(source, tmp_path / "resumed", **kwargs)
     manifest = json.loads((tmp_path / "resumed" / store_lib.MANIFEST_FILE).read_text())
     assert manifest["complete"] is False and len(manifest["progress"]["units"]) == 2
-    assert store_lib.verify_store(tmp_path / "resumed") != []
+    assert store_check.verify_store(tmp_path / "resumed") != []
 
     calls.clear()
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -402,7 +402,7 @@ def test_interrupted_conversion_resumes_to_identical_store(tmp_path, layout, mon
     assert units >= 3
     assert len(calls) == units - 2
     assert _data_bytes(clean.path) == _data_bytes(resumed.path)
-    assert store_lib.verify_store(resumed.path) == []
+    assert store_check.verify_store(resumed.path) == []
 
 
 def test_resume_refuses_another_source(hf_source, tmp_path, monkeypatch):

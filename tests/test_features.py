@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import test_seed
 
-from deepearth_jax.data import features
+from deepearth_jax.data import features, store_check
 from deepearth_jax.data import store as store_lib
 from deepearth_jax.data.synthetic import make_synthetic_store
 
@@ -113,7 +113,7 @@ def _rewrite_vision(store):
     vision[0] = np.random.default_rng(test_seed()).normal(size=vision.shape[1:]).astype(vision.dtype)
     vision.flush()
     del vision
-    sums, _ = store_lib.array_checksums(store.path / store_lib.VISION_FILE)
+    sums, _ = store_check.array_checksums(store.path / store_lib.VISION_FILE)
     store_lib.update_manifest(store.path, lambda m: m["arrays"]["vision"].__setitem__("checksums", sums))
     return store_lib.open_store(store.path), sums
 

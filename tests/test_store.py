@@ -7,6 +7,7 @@ import pytest
 from conftest import test_seed
 
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.data import store_check, store_writer
 from deepearth_jax.data.__main__ import main as data_main
 from deepearth_jax.data.synthetic import make_synthetic_store
 
@@ -30,7 +31,7 @@ def test_store_opens_with_declared_shapes(small_store):
     assert store.observations.schema.names == store_lib.OBSERVATION_SCHEMA.names
     rows = store.column("vision_row")
     assert (rows >= -1).all() and sorted(rows[rows >= 0]) == list(range(store.vision.shape[0]))
-    assert store_lib.verify_store(store.path) == []
+    assert store_check.verify_store(store.path) == []
 
 
 def test_flipped_byte_in_vision_is_caught(small_store):
@@ -39,7 +40,7 @@ def test_flipped_byte_in_vision_is_caught(small_store):
     position = len(data) - 1 - int(np.random.default_rng(test_seed()).integers(len(data) // 2))
     data[position] ^= 0x01
     path.write_bytes(bytes(data))
-    problems = store_lib.verify_store(small_store.path)
+    problems = store_check.verify_store(small_store.path)
     assert len(problems) == 1 and "vision.npy: checksum mismatch in rows 0.." in problems[0]
     assert data_main(["verify", str(small_store.path)]) == 1
 
@@ -47,7 +48,7 @@ def test_flipped_byte_in_vision_is_caught(small_store):
 def test_changed_table_and_nan_are_caught(small_store):
     table = small_store.path / store_lib.OBSERVATIONS_FILE
     pq.write_table(pq.read_table(table).slice(1), table)
-    problems = store_lib.verify_store(small_store.path)
+    problems = store_check.verify_store(small_store.path)
     assert problems == [
         "observations.parquet: checksum mismatch (the file changed after the store was written)"
     ]
@@ -56,12 +57,12 @@ def test_changed_table_and_nan_are_caught(small_store):
     vision[0, 0, 0, 0, 0] = np.nan
     vision.flush()
     del vision
-    problems = store_lib.verify_store(small_store.path)
+    problems = store_check.verify_store(small_store.path)
     assert "vision.npy: 1 non-finite value(s) (NaN or Inf)" in problems
 
 
 def test_incomplete_store_is_refused(tmp_path):
-    writer = store_lib.StoreWriter(
+    writer = store_writer.StoreWriter(
         tmp_path / "s",
         num_vision_rows=3,
         vision_shape=(1, 2, 2, 4),
@@ -73,9 +74,9 @@ def test_incomplete_store_is_refused(tmp_path):
     writer.save_progress()
     with pytest.raises(store_lib.StoreError, match="is incomplete"):
         store_lib.open_store(tmp_path / "s")
-    assert any("incomplete" in p for p in store_lib.verify_store(tmp_path / "s"))
+    assert any("incomplete" in p for p in store_check.verify_store(tmp_path / "s"))
     with pytest.raises(store_lib.StoreError, match="holds an incomplete store; resume it or delete it"):
-        store_lib.StoreWriter(
+        store_writer.StoreWriter(
             tmp_path / "s",
             num_vision_rows=3,
             vision_shape=(1, 2, 2, 4),
@@ -97,13 +98,13 @@ def test_writer_resume_remap_and_truncate(tmp_path):
         provenance={"source_layout": "test"},
         resume=True,
     )
-    writer = store_lib.StoreWriter(tmp_path / "s", **kwargs)
+    writer = store_writer.StoreWriter(tmp_path / "s", **kwargs)
     writer.vision[:3] = values[:3]
     writer.progress["done"] = 3
     writer.save_progress()
     writer.vision[3] = values[3]  # written after the last save: still in the file (a shared mapping)
     del writer
-    writer = store_lib.StoreWriter(tmp_path / "s", **kwargs)
+    writer = store_writer.StoreWriter(tmp_path / "s", **kwargs)
     assert writer.progress == {"done": 3}
     np.testing.assert_array_equal(writer.vision[:4], values[:4])
     writer.truncate_vision(4)
@@ -119,7 +120,7 @@ def test_writer_resume_remap_and_truncate(tmp_path):
     assert manifest["counts"]["vision_rows"] == 4
     reread = np.load(tmp_path / "s" / store_lib.VISION_FILE, mmap_mode="r")
     np.testing.assert_array_equal(reread, values[:4])
-    assert store_lib.verify_store(tmp_path / "s") == []
+    assert store_check.verify_store(tmp_path / "s") == []
 
 
 def _empty_table_path(tmp_path, which):
@@ -134,11 +135,11 @@ def test_writer_refuses_complete_or_foreign_directory(small_store, tmp_path):
         num_vision_rows=1, vision_shape=(1, 1, 1, 2), num_language_rows=1, language_dim=2, provenance={}
     )
     with pytest.raises(store_lib.StoreError, match="already holds a complete store"):
-        store_lib.StoreWriter(small_store.path, resume=True, **args)
+        store_writer.StoreWriter(small_store.path, resume=True, **args)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(store_lib.StoreError, match="exists and is not empty"):
-        store_lib.StoreWriter(tmp_path / "other", **args)
+        store_writer.StoreWriter(tmp_path / "other", **args)
 
 
 def test_info_cli(small_store, capsys):

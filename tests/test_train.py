@@ -18,6 +18,7 @@ from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import split as split_lib
 from deepearth_jax.data import store as store_lib
+from deepearth_jax.data import store_writer
 from deepearth_jax.data.synthetic import make_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +229,7 @@ def test_bad_data_fails_before_compiling(tiny_data, tmp_path):
         train_lib.train_and_evaluate(tiny_config("vision", store, empty), tmp_path / "w2")
 
     # A vision mode on a store without vision embeddings.
-    writer = store_lib.StoreWriter(
+    writer = store_writer.StoreWriter(
         tmp_path / "novision",
         num_vision_rows=0,
         vision_shape=None,
