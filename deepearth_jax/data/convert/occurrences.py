@@ -238,6 +238,49 @@ def _species(
     return [names[c] for c in order], taxon_ids, species_index, conflicting
 
 
+def _bad_rows(flags: _Flags, gbif_id: np.ndarray, image: np.ndarray, id_ok: np.ndarray) -> list[dict]:
+    """The converters' bad-row records (data/convert/errors.py) of every flagged row."""
+    return [
+        {
+            "observation_id": f"{gbif_id[i]}_{image[i]}" if id_ok[i] else None,
+            "gbif_id": int(gbif_id[i]) if id_ok[i] else None,
+            "kind": kind,
+            "reason": flags.reasons[i],
+            "dropped": "observation",
+        }
+        for i, kind in enumerate(flags.kinds)
+        if kind
+    ]
+
+
+def _optional_columns(cols: dict, n: int, rows: np.ndarray) -> dict[str, pa.Array]:
+    """The kept optional columns of the `rows` converted: uncertainty (m; null unless finite and >= 0) and
+    basis of record, where the source has them."""
+    optional = {}
+    if "coordinateUncertaintyInMeters" in cols:
+        metres = numbers(cols["coordinateUncertaintyInMeters"], n)[rows]
+        optional["coordinate_uncertainty_m"] = pa.array(metres, mask=~(np.isfinite(metres) & (metres >= 0)))
+    if "basisOfRecord" in cols:
+        optional["basis_of_record"] = texts(cols["basisOfRecord"], n).take(pa.array(rows))
+    return optional
+
+
+def _provenance(source: Path, raw, skip_bad: bool) -> dict:
+    """The manifest's provenance of an occurrence conversion: the file, its format and how it was read."""
+    return {
+        "source_layout": "occurrences",
+        "source": str(source.resolve()),
+        "source_format": raw.source_format,
+        "read": raw.details,
+        "options": {"skip_bad": skip_bad},
+    }
+
+
+def _counts(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
+    """{name: rows with that code} for every code but 0 (no rule / scheme)."""
+    return {name: int((codes == k).sum()) for k, name in enumerate(names) if k}
+
+
 def convert_occurrences(
     source: str | os.PathLike, out: str | os.PathLike, *, skip_bad: bool = False, resume: bool = False
 ) -> Store:
@@ -266,29 +309,14 @@ def convert_occurrences(
     name_code, names, key_code, keys, taxon_info = _labels(cols, n, flags)
     lat, lon = _validate_place(cols, n, flags)
     dates, date_rule = _validate_dates(cols, n, flags)
-    bad = [
-        {
-            "observation_id": f"{gbif_id[i]}_{image[i]}" if id_ok[i] else None,
-            "gbif_id": int(gbif_id[i]) if id_ok[i] else None,
-            "kind": kind,
-            "reason": flags.reasons[i],
-            "dropped": "observation",
-        }
-        for i, kind in enumerate(flags.kinds)
-        if kind
-    ]
+    bad = _bad_rows(flags, gbif_id, image, id_ok)
     if bad and not skip_bad:
         raise ConvertError(f"{source}: {summarize_bad(bad)}; nothing written; {_SKIP_HINT}", bad)
     rows = np.flatnonzero(np.array([k is None for k in flags.kinds], bool))
     if not len(rows):
         raise ConvertError(f"{source} has no usable observation ({n} row(s) read)", bad)
     species_names, taxon_ids, species_index, conflicting = _species(name_code, names, key_code, keys, rows)
-    optional = {}
-    if "coordinateUncertaintyInMeters" in cols:
-        metres = numbers(cols["coordinateUncertaintyInMeters"], n)[rows]
-        optional["coordinate_uncertainty_m"] = pa.array(metres, mask=~(np.isfinite(metres) & (metres >= 0)))
-    if "basisOfRecord" in cols:
-        optional["basis_of_record"] = texts(cols["basisOfRecord"], n).take(pa.array(rows))
+    optional = _optional_columns(cols, n, rows)
     none = [None] * len(rows)
     observations = observation_table(
         gbif_id=gbif_id[rows],
@@ -318,13 +346,7 @@ def convert_occurrences(
         vision_shape=None,
         num_language_rows=0,
         language_dim=None,
-        provenance={
-            "source_layout": "occurrences",
-            "source": str(source.resolve()),
-            "source_format": raw.source_format,
-            "read": raw.details,
-            "options": {"skip_bad": skip_bad},
-        },
+        provenance=_provenance(source, raw, skip_bad),
         resume=resume,
     )
     stats = {
@@ -332,10 +354,8 @@ def convert_occurrences(
         "observations": len(rows),
         "skipped_observations": len(bad),
         "skipped_by_kind": dict(Counter(b["kind"] for b in bad)),
-        "dates": {name: int((date_rule[rows] == k).sum()) for k, name in enumerate(RULES) if k},
-        "observation_ids": {
-            name: int((id_scheme[rows] == k).sum()) for k, name in enumerate(ID_SCHEMES) if k
-        },
+        "dates": _counts(date_rule[rows], RULES),
+        "observation_ids": _counts(id_scheme[rows], ID_SCHEMES),
         "taxa": {**taxon_info, "names_with_several_keys": conflicting},
         "kept_columns": sorted(optional),
     }
