@@ -225,22 +225,12 @@ def make_split(
     if other is None and not test_years_given and tuple(years) == tuple(DEFAULTS.test_years):
         years, years_rule = _default_test_years(pool, years, store)
     _check_years(pool, years)
-
-    def attempt(candidate: SplitOptions):
-        held = _holdout(pool, years, candidate, regions, reuse_validation)
-        return held, held[3]
-
+    options, held, sizing_record = _sized_holdout(
+        pool, years, options, regions, reuse_validation, other, strict
+    )
+    regions = held[0]
     if other is None:
-        options, held, sizing_record = sizing.sized(attempt, options, strict=strict)
-        regions, selection = held[0], held[1]
-    else:
-        held, _ = attempt(options)
-        regions = held[0]
-        sizing_record = {"bounds": sizing.bounds(), "fitted": False}
-        found = sizing.problems(held[3])
-        if found:  # the file's own regions are never changed: said, not refused
-            log.warning("re-applying %s gives a lopsided split: %s", other.path, "; ".join(found))
-            sizing_record["problems"] = found
+        selection = held[1]
     holdout_reason, split, reason, validation_regions, validation = held[2:]
     fold = bits = cv_record = None
     if options.folds or reuse_cv is not None:
@@ -273,6 +263,26 @@ def make_split(
     payload["validation_regions"] = validation_regions
     payload["observation_mappings"] = _mappings(pool, split, reason, fold, bits, cv_record)
     return payload
+
+
+def _sized_holdout(pool: Pool, years, options: SplitOptions, regions, reuse_validation, other, strict: bool):
+    """`(options, held, sizing record)`: the holdout of `pool` (`_holdout`'s tuple), its default regions
+    fitted to the bounds (sizing.py; refused when `strict` and nothing fits); a file's own regions (`other`)
+    are kept as they are, and a lopsided result is said, not refused."""
+
+    def attempt(candidate: SplitOptions):
+        held = _holdout(pool, years, candidate, regions, reuse_validation)
+        return held, held[3]
+
+    if other is None:
+        return sizing.sized(attempt, options, strict=strict)
+    held, _ = attempt(options)
+    record = {"bounds": sizing.bounds(), "fitted": False}
+    found = sizing.problems(held[3])
+    if found:
+        log.warning("re-applying %s gives a lopsided split: %s", other.path, "; ".join(found))
+        record["problems"] = found
+    return options, held, record
 
 
 def _payload(store, pool: Pool, options: SplitOptions, years, regions, selection, split, stats) -> dict:
