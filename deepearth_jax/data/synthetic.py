@@ -395,12 +395,3 @@ def make_synthetic_store(
         vision_fraction=vision_fraction,
     )
     return write_store(SyntheticDataset(cfg), out, dtype=dtype)
-
-
-# The writers of the published layouts live in synthetic_layouts (they import this module).
-def __getattr__(name: str):
-    if name in ("write_hf", "write_dashboard"):
-        from deepearth_jax.data import synthetic_layouts
-
-        return getattr(synthetic_layouts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
