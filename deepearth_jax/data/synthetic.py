@@ -166,7 +166,7 @@ class SyntheticDataset:
         rng = np.random.default_rng([cfg.seed, 0])
         n, s = cfg.observations, cfg.species
         d = cfg.vision_shape[3]
-        self.rank = rank = min(d, 24)
+        self.rank = min(d, 24)
         num_sites = cfg.num_sites or int(np.clip(n // 40, 6, 400))
 
         # Species: names, ids, long-tailed frequencies (shuffled so index order is not frequency order).
@@ -227,7 +227,11 @@ class SyntheticDataset:
         # The source split as the published dataset has it.
         self.source_split = np.where(self.year >= LAST_YEAR, "temporal_test", "train")
 
-        # Embedding model, in a rank-r subspace of D.
+        self._draw_embedding_model(rng, d, num_sites)
+
+    def _draw_embedding_model(self, rng: np.random.Generator, d: int, num_sites: int) -> None:
+        """The embedding model, in a rank-r subspace of D (drawn after the metadata, from the same rng)."""
+        cfg, s, rank = self.config, self.config.species, self.rank
         basis, _ = np.linalg.qr(rng.standard_normal((d, rank)))
         self._basis = basis.astype(np.float32)  # (D, r)
         num_genera = max(2, s // 4)
