@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import small_dataset
 
-from deepearth_jax.data import synthetic, synthetic_layouts
+from deepearth_jax.data import sources, synthetic, synthetic_layouts
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -113,7 +113,7 @@ def test_hf_layout_files(tmp_path):
     )
     obs = pq.read_table(out / "observations.parquet")
     assert obs.num_rows == 50 and obs["has_vision"].to_pylist() == ds.has_vision.tolist()
-    assert synthetic.original_shape_text((8, 24, 24, 1408)) == "[4608, 1408]"
+    assert sources.original_shape_text((8, 24, 24, 1408)) == "[4608, 1408]"
     with pytest.raises(ValueError, match="not an empty directory"):
         synthetic_layouts.write_hf(ds, out)
 

@@ -35,17 +35,7 @@ import numpy as np
 
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data.sources import (  # noqa: F401  (the layouts, re-exported for tests and benchmarks)
-    DASHBOARD_INDEX_FILE,
-    DASHBOARD_MMAP_FILE,
-    HF_OBSERVATIONS_FILE,
-    HF_VISION_DIR,
-    HF_VISION_INDEX_FILE,
-    REAL_LANGUAGE_DIM,
-    REAL_VISION_SHAPE,
-    original_shape_text,
-    parse_shape,
-)
+from deepearth_jax.data.sources import REAL_LANGUAGE_DIM, REAL_VISION_SHAPE
 from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
 from deepearth_jax.io import progress_bar
 
