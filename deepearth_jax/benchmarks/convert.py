@@ -85,7 +85,10 @@ def _child_code(patch: str) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", type=Path, required=True, help="an HF or dashboard dataset directory")
     p.add_argument(
-        "--out", type=Path, default=None, help="store to write (default: a temporary one, deleted)"
+        "--out",
+        type=Path,
+        default=None,
+        help="where the last conversion is kept (default: none; every store is temporary)",
     )
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="store vision dtype")
     p.add_argument("--vision-shape", default=None, help="T,H,W,D, passed to convert (dashboard sources)")
