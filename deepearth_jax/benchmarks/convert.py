@@ -37,9 +37,27 @@ from deepearth_jax.io import format_bytes
 _READ_BYTES = 64 << 20
 
 # The conversion with the embedding column decoded by pyarrow (the direct page reader off), three ways:
-# convert's own pyarrow path (row groups of <= 64 MB decoded by 4 threads at once, in order); one batch at a
-# time on one prefetch thread (`iter_batches`); whole files decoded in parallel, each on its own thread,
-# the current file and the next (so the next file's decoding overlaps this one's cast and write).
+# convert's own pyarrow path (one batch at a time on one prefetch thread, `iter_batches`); row groups decoded
+# by 4 threads at once, in order (convert's pyarrow path before round five); whole files decoded in
+# parallel, each on its own thread, the current file and the next (so the next file's decoding overlaps
+# this one's cast and write).
+_ROW_GROUPS_IN_PARALLEL = """
+import threading
+import pyarrow.parquet as pq
+from deepearth_jax.data.background import ordered_map
+hf.DIRECT_PAGES = False
+def _decoded(path, parquet, columns, batch_rows, size):
+    local = threading.local()
+    def read(group):
+        if not hasattr(local, "file"):
+            local.file = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
+        table = local.file.read_row_group(group, columns=columns)
+        return [hf._decode(b, size) for b in table.to_batches(max_chunksize=batch_rows)]
+    groups = range(parquet.metadata.num_row_groups)
+    for decoded in ordered_map(read, groups, 4, depth=5, name="convert-decode"):
+        yield from decoded
+hf._decoded_batches = _decoded
+"""
 _FILES_IN_PARALLEL = """
 import queue, threading
 import pyarrow.parquet as pq
@@ -69,8 +87,8 @@ def _decoded(path, parquet, columns, batch_rows, size):
 hf._decoded_batches = _decoded
 """
 PYARROW_READERS = {
-    "pyarrow-row-groups": "hf.DIRECT_PAGES = False\n",
-    "pyarrow-iter-batches": "hf.DIRECT_PAGES = False\nhf._PARALLEL_ROW_GROUP_BYTES = 0\n",
+    "pyarrow-iter-batches": "hf.DIRECT_PAGES = False\n",
+    "pyarrow-row-groups": _ROW_GROUPS_IN_PARALLEL,
     "pyarrow-files-in-parallel": _FILES_IN_PARALLEL,
 }
 
