@@ -206,8 +206,9 @@ def _decoded_batches(
     A flat float32 embedding column is read from its pages by one prefetch thread (`pages.py`: less than half
     the CPU of pyarrow's nested-list decoding), a row group at a time, the rest of a group that leaves that
     path by pyarrow. Otherwise pyarrow decodes a batch at a time on one prefetch thread (`iter_batches`):
-    of the pyarrow-only ways measured side by side (BENCHMARKS.md, round five) the fastest and the leanest,
-    ahead of row groups decoded by a pool of threads (1.5x slower, twice the memory) on two cores.
+    measured side by side on two cores (BENCHMARKS.md, round five) it is as fast as row groups decoded by a
+    pool of threads or files decoded in parallel (within 3%; once 1.5x ahead of the pool) and holds the least
+    memory (the pool ~0.45 GB more).
     """
     direct = FlatFloatColumn.open(path, parquet, "embedding") if DIRECT_PAGES else None
     if direct is not None:
