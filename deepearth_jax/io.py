@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
 import weakref
 from pathlib import Path
 from typing import Any
+
+from deepearth_jax.errors import WorkdirError
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -35,10 +40,33 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
         raise
 
 
-def read_json_lines(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a JSON-lines file (metrics.jsonl), one per non-empty line."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_json_lines(path: str | os.PathLike, required: tuple[str, ...] = ("step",)) -> list[dict]:
+    """The records of a JSON-lines file such as metrics.jsonl: one JSON object per non-empty line, each with
+    the keys `required`. The one reader of metrics.jsonl (the trainer's summary, resume, the curves).
+
+    A torn last line (a write cut by power loss or a full disk) is dropped with a warning. Raises WorkdirError
+    naming the file and line for a damaged line before the last.
+    """
+    lines = Path(path).read_text().split("\n")
+    last = len(lines) - 1 if lines[-1] else len(lines) - 2  # index of the last line with text, if any
+    records = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            missing = [k for k in required if not isinstance(record, dict) or k not in record]
+            if not isinstance(record, dict) or missing:
+                raise ValueError(f"not an object with {', '.join(missing or required) or 'fields'}")
+        except ValueError as e:
+            if index >= last:
+                log.warning("%s: dropping a torn last line %d (%s)", path, index + 1, e)
+                break
+            raise WorkdirError(
+                f"{path}: line {index + 1} is not a metrics record ({e}); repair or delete that line"
+            ) from None
+        records.append(record)
+    return records
 
 
 def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:

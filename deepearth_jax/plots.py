@@ -15,13 +15,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deepearth_jax.io import read_json_lines  # noqa: E402
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Reads metrics.jsonl: one JSON object per line (`step`, `epoch`, metric keys)."""
-    return read_json_lines(path)
-
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     points = [(r["epoch"], r[key]) for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from deepearth_jax.errors import WorkdirError
+from deepearth_jax.io import read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -93,30 +93,6 @@ class EventFile:
         self._file.close()
 
 
-def read_records(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (power loss, full disk) is dropped with a warning.
-
-    Raises ValueError naming the file and line for a damaged line before the last.
-    """
-    text = Path(path).read_text()
-    lines = text.split("\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "step" not in record:
-                raise ValueError("not an object with a step")
-        except ValueError as e:
-            if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
-                log.warning("%s: dropping a torn last line %d (%s)", path, number, e)
-                break
-            raise WorkdirError(f"{path}: line {number} is not a metrics record ({e})") from None
-        records.append(record)
-    return records
-
-
 class MetricWriters:
     """`write(step, epoch, {"train/loss": ...})` to metrics.jsonl and TensorBoard; silent when not enabled."""
 
@@ -128,7 +104,7 @@ class MetricWriters:
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in read_records(self.path) if line["step"] <= truncate_after]
+            kept = [line for line in read_json_lines(self.path) if line["step"] <= truncate_after]
             self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
 
     def write(self, step: int, epoch: float, values: Mapping[str, float]) -> None:
@@ -151,10 +127,11 @@ class MetricWriters:
 _DRAW_CURVES = """
 import json, sys
 from deepearth_jax import plots
+from deepearth_jax.io import read_json_lines
 line = sys.stdin.readline()
 if line.strip():
     path, out, title = json.loads(line)
-    plots.plot_curves(plots.read_metrics(path), out, title=title)
+    plots.plot_curves(read_json_lines(path), out, title=title)
 """
 
 
@@ -219,7 +196,7 @@ class CurvesPainter:
         from deepearth_jax import plots
 
         metrics_path, out, title = self._request
-        plots.plot_curves(plots.read_metrics(metrics_path), out, title=title)
+        plots.plot_curves(read_json_lines(metrics_path), out, title=title)
 
     def close(self) -> None:
         child, self._child = self._child, None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deepearth_jax.data import synthetic
+from deepearth_jax.data import synthetic, synthetic_layouts
 
 
 def _base_seed() -> int:
@@ -138,11 +138,11 @@ def store_and_split(
 def hf_source(tmp_path: Path) -> tuple[synthetic.SyntheticDataset, Path]:
     """(dataset, directory) of a tiny HF-layout dataset, fresh per test."""
     dataset = small_dataset(seed=test_seed())
-    return dataset, synthetic.write_hf(dataset, tmp_path / "hf")
+    return dataset, synthetic_layouts.write_hf(dataset, tmp_path / "hf")
 
 
 @pytest.fixture
 def dashboard_source(tmp_path: Path) -> tuple[synthetic.SyntheticDataset, Path]:
     """(dataset, directory) of a tiny dashboard-layout dataset, fresh per test."""
     dataset = small_dataset(seed=test_seed())
-    return dataset, synthetic.write_dashboard(dataset, tmp_path / "dash")
+    return dataset, synthetic_layouts.write_dashboard(dataset, tmp_path / "dash")

@@ -9,7 +9,7 @@ from conftest import small_dataset, test_seed
 
 from deepearth_jax.data import convert as convert_lib
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data import store_check, synthetic
+from deepearth_jax.data import store_check, synthetic_layouts
 from deepearth_jax.data.__main__ import main as data_main
 from deepearth_jax.data.convert import dashboard as convert_dashboard
 from deepearth_jax.data.convert import hf as convert_hf
@@ -228,7 +228,7 @@ def test_index_id_without_embedding_row(tmp_path):
     # Half the observations lack vision, so one to point the index at always exists, whatever the seed.
     dataset = small_dataset(seed=test_seed(), vision_fraction=0.5)
     assert not dataset.has_vision.all()
-    source = synthetic.write_hf(dataset, tmp_path / "hf")
+    source = synthetic_layouts.write_hf(dataset, tmp_path / "hf")
     no_vision = int(dataset.gbif_id[np.flatnonzero(~dataset.has_vision)[0]])
     index = pq.read_table(source / "vision_index.parquet")
     extra = pa.table({"gbif_id": [no_vision], "file_idx": [2], "row_idx": [0]}, schema=index.schema)
@@ -368,10 +368,10 @@ class _Killed(Exception):
 def test_interrupted_conversion_resumes_to_identical_store(tmp_path, layout, monkeypatch):
     dataset = small_dataset(observations=60, seed=test_seed())
     if layout == "hf":
-        source = synthetic.write_hf(dataset, tmp_path / "src")
+        source = synthetic_layouts.write_hf(dataset, tmp_path / "src")
         module, name, kwargs = convert_hf, "copy_file", {}
     else:
-        source = synthetic.write_dashboard(dataset, tmp_path / "src")
+        source = synthetic_layouts.write_dashboard(dataset, tmp_path / "src")
         module, name, kwargs = convert_dashboard, "copy_chunk", {"vision_shape": SHAPE}
         monkeypatch.setattr(convert_dashboard, "CHUNK_BYTES", 5 * int(np.prod(SHAPE)) * 4)
     clean = convert_lib.convert(source, tmp_path / "clean", **kwargs)
@@ -407,7 +407,7 @@ def test_interrupted_conversion_resumes_to_identical_store(tmp_path, layout, mon
 
 def test_resume_refuses_another_source(hf_source, tmp_path, monkeypatch):
     _, source = hf_source
-    other = synthetic.write_hf(small_dataset(seed=99), tmp_path / "other")
+    other = synthetic_layouts.write_hf(small_dataset(seed=99), tmp_path / "other")
 
     def killed(*args, **kwargs):
         raise _Killed

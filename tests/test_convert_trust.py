@@ -14,7 +14,7 @@ from conftest import small_dataset, test_seed
 from deepearth_jax.cli import run_command
 from deepearth_jax.data import convert as convert_lib
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data import synthetic
+from deepearth_jax.data import synthetic_layouts
 from deepearth_jax.data.__main__ import main as data_main
 from deepearth_jax.data.convert import hf as convert_hf
 from deepearth_jax.io import progress_bar
@@ -285,7 +285,7 @@ def _data_bytes(path):
 )
 def test_full_disk_keeps_what_was_written(tmp_path, capsys, monkeypatch, call, allowed):
     dataset = small_dataset(observations=60, seed=test_seed())
-    source = synthetic.write_hf(dataset, tmp_path / "src")
+    source = synthetic_layouts.write_hf(dataset, tmp_path / "src")
     real = getattr(os, call)
     calls = []
 
@@ -352,10 +352,10 @@ def test_checksums_hashed_while_writing_equal_a_full_read(tmp_path, monkeypatch,
     monkeypatch.setattr(store_check, "CHECKSUM_CHUNK_BYTES", 7 * row_bytes)
     dataset = small_dataset(observations=60, seed=test_seed())
     if layout == "hf":
-        source = synthetic.write_hf(dataset, tmp_path / "src")
+        source = synthetic_layouts.write_hf(dataset, tmp_path / "src")
         module, name, kwargs = convert_hf, "copy_file", {}
     else:
-        source = synthetic.write_dashboard(dataset, tmp_path / "src")
+        source = synthetic_layouts.write_dashboard(dataset, tmp_path / "src")
         module, name, kwargs = convert_dashboard, "copy_chunk", {"vision_shape": SHAPE}
         monkeypatch.setattr(convert_dashboard, "CHUNK_BYTES", 5 * int(np.prod(SHAPE)) * 4)
     real, calls = getattr(module, name), []

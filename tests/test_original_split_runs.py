@@ -14,7 +14,7 @@ from deepearth_jax import train as train_lib
 from deepearth_jax.config_utils import load_config
 from deepearth_jax.data import convert as convert_lib
 from deepearth_jax.data import split as split_lib
-from deepearth_jax.data import synthetic
+from deepearth_jax.data import synthetic_layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def converted(tmp_path_factory):
     file written by hand in the original's schema (one 10 km region, test year 2025)."""
     root = tmp_path_factory.mktemp("original")
     dataset = small_dataset(observations=500, species=10, vision_shape=(2, 2, 2, 8), language_dim=12, seed=5)
-    store = convert_lib.convert(synthetic.write_hf(dataset, root / "hf"), root / "store")
+    store = convert_lib.convert(synthetic_layouts.write_hf(dataset, root / "hf"), root / "store")
     raw = _original_file(store, root / "central_florida_split.json")
     return store, root / "central_florida_split.json", raw
 

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import small_dataset
 
-from deepearth_jax.data import synthetic
+from deepearth_jax.data import sources, synthetic, synthetic_layouts
 from deepearth_jax.errors import StoreError
 
 
@@ -98,7 +98,7 @@ def test_held_out_year_is_harder_on_the_same_rows(probe_data):
 
 def test_hf_layout_files(tmp_path):
     ds = small_dataset(observations=50, seed=3)
-    out = synthetic.write_hf(ds, tmp_path / "hf")
+    out = synthetic_layouts.write_hf(ds, tmp_path / "hf")
     files = sorted((out / "vision_embeddings").iterdir())
     assert len(files) >= 3 and files[0].name == "embeddings_000000.parquet"
     index = pq.read_table(out / "vision_index.parquet")
@@ -114,14 +114,14 @@ def test_hf_layout_files(tmp_path):
     )
     obs = pq.read_table(out / "observations.parquet")
     assert obs.num_rows == 50 and obs["has_vision"].to_pylist() == ds.has_vision.tolist()
-    assert synthetic.original_shape_text((8, 24, 24, 1408)) == "[4608, 1408]"
+    assert sources.original_shape_text((8, 24, 24, 1408)) == "[4608, 1408]"
     with pytest.raises(StoreError, match="not an empty directory"):
-        synthetic.write_hf(ds, out)
+        synthetic_layouts.write_hf(ds, out)
 
 
 def test_dashboard_layout_files(tmp_path):
     ds = small_dataset(observations=30, seed=4)
-    out = synthetic.write_dashboard(ds, tmp_path / "dash")
+    out = synthetic_layouts.write_dashboard(ds, tmp_path / "dash")
     row_values = int(np.prod(ds.config.vision_shape))
     rows = np.fromfile(out / "embeddings.mmap", np.float32).reshape(-1, row_values)
     assert len(rows) == int(ds.has_vision.sum())

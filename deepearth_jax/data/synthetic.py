@@ -35,17 +35,7 @@ import numpy as np
 
 from deepearth_jax.data import ids as ids_lib
 from deepearth_jax.data import store as store_lib
-from deepearth_jax.data.sources import (  # noqa: F401  (the layouts, re-exported for tests and benchmarks)
-    DASHBOARD_INDEX_FILE,
-    DASHBOARD_MMAP_FILE,
-    HF_OBSERVATIONS_FILE,
-    HF_VISION_DIR,
-    HF_VISION_INDEX_FILE,
-    REAL_LANGUAGE_DIM,
-    REAL_VISION_SHAPE,
-    original_shape_text,
-    parse_shape,
-)
+from deepearth_jax.data.sources import REAL_LANGUAGE_DIM, REAL_VISION_SHAPE
 from deepearth_jax.data.store_writer import StoreWriter, observation_table, species_table
 from deepearth_jax.errors import StoreError
 from deepearth_jax.io import progress_bar
@@ -180,7 +170,7 @@ class SyntheticDataset:
         rng = np.random.default_rng([cfg.seed, 0])
         n, s = cfg.observations, cfg.species
         d = cfg.vision_shape[3]
-        self.rank = rank = min(d, 24)
+        self.rank = min(d, 24)
         num_sites = cfg.num_sites or int(np.clip(n // 40, 6, 400))
 
         # Species: names, ids, long-tailed frequencies (shuffled so index order is not frequency order).
@@ -241,7 +231,11 @@ class SyntheticDataset:
         # The source split as the published dataset has it.
         self.source_split = np.where(self.year >= LAST_YEAR, "temporal_test", "train")
 
-        # Embedding model, in a rank-r subspace of D.
+        self._draw_embedding_model(rng, d, num_sites)
+
+    def _draw_embedding_model(self, rng: np.random.Generator, d: int, num_sites: int) -> None:
+        """The embedding model, in a rank-r subspace of D (drawn after the metadata, from the same rng)."""
+        cfg, s, rank = self.config, self.config.species, self.rank
         basis, _ = np.linalg.qr(rng.standard_normal((d, rank)))
         self._basis = basis.astype(np.float32)  # (D, r)
         num_genera = max(2, s // 4)
@@ -423,12 +417,3 @@ def make_synthetic_store(
         vision_fraction=vision_fraction,
     )
     return write_store(SyntheticDataset(cfg), out, dtype=dtype, embeddings=embeddings)
-
-
-# The writers of the published layouts live in synthetic_layouts (they import this module).
-def __getattr__(name: str):
-    if name in ("write_hf", "write_dashboard"):
-        from deepearth_jax.data import synthetic_layouts
-
-        return getattr(synthetic_layouts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepearth_jax.data.background import ordered_map
 from deepearth_jax.data.convert.columns import flatten_list_column, inner_lists_ok, numbers
 from deepearth_jax.data.convert.errors import bad_row
 from deepearth_jax.data.convert.observations import Observations
@@ -44,8 +41,6 @@ from deepearth_jax.data.store import StoreError
 log = logging.getLogger(__name__)
 
 DIRECT_PAGES = True  # read flat float32 embedding pages directly (pages.py); False: always pyarrow
-_DECODERS = 4  # threads decoding row groups at once with pyarrow (at most the CPU count)
-_PARALLEL_ROW_GROUP_BYTES = BATCH_BYTES
 _ROWS_TO_TRY = 16  # leading rows read to find one that states its shape consistently
 
 
@@ -215,33 +210,19 @@ def _decoded_batches(
 ) -> Iterator[tuple]:
     """The file's batches of `batch_rows` rows, decoded (`_decode`) ahead of the caller.
 
-    A flat float32 embedding column is read from its pages by one prefetch thread (`pages.py`: far less CPU
-    than pyarrow's nested-list decoding), a row group at a time, the rest of a group that leaves that path
-    by pyarrow. Otherwise pyarrow decodes: row groups of at most _PARALLEL_ROW_GROUP_BYTES by several
-    threads at once (pyarrow releases the GIL), in order; a file of one row group, or of larger ones, a
-    batch at a time on one prefetch thread, so that memory stays bounded whatever the file's layout.
+    A flat float32 embedding column is read from its pages by one prefetch thread (`pages.py`: less than half
+    the CPU of pyarrow's nested-list decoding), a row group at a time, the rest of a group that leaves that
+    path by pyarrow. Otherwise pyarrow decodes a batch at a time on one prefetch thread (`iter_batches`):
+    measured side by side on two cores (BENCHMARKS.md, round five) it is as fast as row groups decoded by a
+    pool of threads or files decoded in parallel (within 3%; once 1.5x ahead of the pool) and holds the least
+    memory (the pool ~0.45 GB more).
     """
     direct = FlatFloatColumn.open(path, parquet, "embedding") if DIRECT_PAGES else None
     if direct is not None:
         yield from prefetched(_direct_batches(direct, parquet, columns, batch_rows, size))
         return
-    meta = parquet.metadata
-    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
-    if len(sizes) < 2 or max(sizes) > _PARALLEL_ROW_GROUP_BYTES:
-        batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-        yield from prefetched(batches, transform=lambda b: _decode(b, size))
-        return
-    local = threading.local()
-
-    def read(group: int) -> list[tuple]:
-        if not hasattr(local, "file"):
-            local.file = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
-        table = local.file.read_row_group(group, columns=columns)
-        return [_decode(b, size) for b in table.to_batches(max_chunksize=batch_rows)]
-
-    workers = min(_DECODERS, os.cpu_count() or 1)
-    for decoded in ordered_map(read, range(len(sizes)), workers, depth=workers + 1, name="convert-decode"):
-        yield from decoded
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
+    yield from prefetched(batches, transform=lambda b: _decode(b, size))
 
 
 def _direct_batches(
