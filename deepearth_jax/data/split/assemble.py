@@ -248,11 +248,9 @@ def make_split(
     if other is not None:
         theirs = reason if reuse_validation is not None else holdout_reason
         compared = _compare_with(other, pool, theirs, fold, allow_missing)
-    stats = statistics(pool, split, reason, regions, years, validation_regions)
-    if cv_record is not None:
-        stats["block_cv"] = fold_statistics(pool, split, reason, fold, bits, cv_record)
-    if compared is not None:
-        stats["regions_from"] = compared
+    stats = _statistics(
+        pool, split, reason, regions, years, validation_regions, (fold, bits, cv_record), compared
+    )
     payload = _payload(store, pool, options, years, regions, selection, split, stats)
     if years_rule is not None:
         payload["split_strategy"]["temporal_split"]["test_years_rule"] = years_rule
@@ -263,6 +261,17 @@ def make_split(
     payload["validation_regions"] = validation_regions
     payload["observation_mappings"] = _mappings(pool, split, reason, fold, bits, cv_record)
     return payload
+
+
+def _statistics(pool: Pool, split, reason, regions, years, validation_regions, folds, compared) -> dict:
+    """The split file's statistics: subsets, reasons and regions; folds (`(fold, bits, record)`, record None
+    without folds) and the comparison with a re-applied file when there are."""
+    stats = statistics(pool, split, reason, regions, years, validation_regions)
+    if folds[2] is not None:
+        stats["block_cv"] = fold_statistics(pool, split, reason, *folds)
+    if compared is not None:
+        stats["regions_from"] = compared
+    return stats
 
 
 def _sized_holdout(pool: Pool, years, options: SplitOptions, regions, reuse_validation, other, strict: bool):
