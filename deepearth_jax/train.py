@@ -221,7 +221,8 @@ def _loop(config, mesh, data_in, state, step, calls, evaluator, checkpointer, wr
     state = steps.FlatState.of(state)  # carried flat: no nnx.State flatten/rebuild per step call
     last_saved = step if step > 0 else None  # restore_same_run resumed only a finite one
     clock = {"time": time.time(), "step": step, "paused": 0.0}  # samples/s leaves out evals and saves
-    profiler = profiling.StepProfiler(config.profile_steps, writer.path.parent)
+    # Traces go beside the checkpoints: <workdir>/profile (a refit phase's into <workdir>/refit/profile).
+    profiler = profiling.StepProfiler(config.profile_steps, checkpointer.directory.parent)
     try:
         with checkpoint_lib.StopOnSigterm() as stopper:
             for advance, call, data_state in calls:
