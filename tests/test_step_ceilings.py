@@ -79,3 +79,11 @@ def test_step_rows_carry_the_hardware_figures(tmp_path, capsys):
     assert rows[-1]["memory_fit"]["bytes_per_example"] > 0
     printed = capsys.readouterr().out
     assert "ceilings on" in printed and "GFLOP/s" in printed and "the largest batch in" in printed
+
+
+def test_a_nan_min_time_is_refused_in_one_line(capsys):
+    from deepearth_jax import benchmark
+
+    argv = ["step", "--config", f"{CONFIGS}/language.py:tiny", "--batch-sizes", "4", "--min-time", "nan"]
+    assert benchmark.main(argv) == 2
+    assert "error: --min-time must be a finite number > 0, got nan" in capsys.readouterr().err
