@@ -107,7 +107,9 @@ def _multi_query_attention(x: jax.Array, queries: jax.Array, fused: bool) -> jax
     already in the queries: (B, Q, h, D). `fused`: through `jax.nn.dot_product_attention` (one key/value
     head shared by h query heads), which selects a fused kernel where the device has one; else einsums."""
     if fused:
-        query = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))
+        # The queries along the batch, sharded as x is (a product with ones of x's batch, not broadcast_to:
+        # under explicit sharding an unsharded batch against x's would be refused).
+        query = queries[None] * jnp.ones_like(x[:, :1, None, :1])  # (B, Q, h, D)
         return jax.nn.dot_product_attention(query, x[:, :, None, :], x[:, :, None, :], scale=1.0)
     weights = jax.nn.softmax(jnp.einsum("bnd,qhd->bqhn", x, queries), axis=-1)  # (B, Q, h, N)
     return jnp.einsum("bqhn,bnd->bqhd", weights, x)
