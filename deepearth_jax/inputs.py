@@ -194,15 +194,9 @@ class Inputs:
         self.batches.close()
 
 
-def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
-    """`prepare_data` plus the Grain training iterator and the run's length in steps."""
-    data = prepare_data(config, workdir)
-    if config.device_epochs and config.mode not in modes.DEVICE_EPOCH_MODES:
-        raise TrainError(
-            "device_epochs needs inputs that fit on the device: mode "
-            f"{' or '.join(modes.DEVICE_EPOCH_MODES)}, not {config.mode} (add --config.device_epochs=false "
-            "to stream batches)"
-        )
+def training_batches(config: ml_collections.ConfigDict, data: Data) -> tuple[pipeline.TrainBatches, int]:
+    """`(Grain iterator over data.train_rows, steps per epoch)` by the config's seed, batch and threads; with
+    device epochs an epoch keeps every example (the last batch padded and masked)."""
     batches = pipeline.train_batches(
         data.store,
         data.train_rows,
@@ -216,8 +210,20 @@ def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     )
     steps_per_epoch = batches.steps_per_epoch
     if config.device_epochs:
-        # Whole epochs on device keep every example (the last batch padded and masked).
         steps_per_epoch = math.ceil(len(data.train_rows) / config.batch_size)
+    return batches, steps_per_epoch
+
+
+def create_inputs(config: ml_collections.ConfigDict, workdir: Path) -> Inputs:
+    """`prepare_data` plus the Grain training iterator and the run's length in steps."""
+    data = prepare_data(config, workdir)
+    if config.device_epochs and config.mode not in modes.DEVICE_EPOCH_MODES:
+        raise TrainError(
+            "device_epochs needs inputs that fit on the device: mode "
+            f"{' or '.join(modes.DEVICE_EPOCH_MODES)}, not {config.mode} (add --config.device_epochs=false "
+            "to stream batches)"
+        )
+    batches, steps_per_epoch = training_batches(config, data)
     total_steps = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
     if config.device_epochs:
         total_steps = math.ceil(total_steps / steps_per_epoch) * steps_per_epoch

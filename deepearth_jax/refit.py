@@ -40,7 +40,6 @@ import numpy as np
 from deepearth_jax import checkpoint as checkpoint_lib
 from deepearth_jax import evaluation as evaluation_lib
 from deepearth_jax import inputs, parallel, region, steps, tasks, writers
-from deepearth_jax.data import pipeline
 from deepearth_jax.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -214,20 +213,7 @@ def refit_and_test(
 
 def _refit_inputs(config: ml_collections.ConfigDict, data: inputs.Data, selected_step: int) -> inputs.Inputs:
     """The training iterator over the refit rows (same seed scheme as the run's) and the refit's length."""
-    batches = pipeline.train_batches(
-        data.store,
-        data.train_rows,
-        mode=config.mode,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_threads=config.data.num_threads,
-        buffer_bytes=config.data.buffer_mb << 20,
-    )
-    per_epoch = batches.steps_per_epoch
-    if config.device_epochs:  # whole epochs on device keep every example, as inputs.create_inputs counts
-        per_epoch = math.ceil(len(data.train_rows) / config.batch_size)
+    batches, per_epoch = inputs.training_batches(config, data)  # the run's seed scheme over the refit rows
     return inputs.Inputs(data, batches, per_epoch, refit_steps(config, selected_step, per_epoch))
 
 
